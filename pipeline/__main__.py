@@ -1,0 +1,66 @@
+"""Command line: `python -m pipeline <command> [flags]`.
+
+Each command lives in its own module with `add_arguments(parser)` and
+`run(args) -> int`. This file is the only place that turns a `UserError` into a
+one-line `error: ...` and exit status 2.
+"""
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import UserError
+
+# command name -> module; imported lazily so `--help` stays fast.
+COMMANDS = {
+    "embed": "pipeline.embed_cli",
+    "train-head": "pipeline.train_head_cli",
+    "ablate": "pipeline.ablate_cli",
+    "finetune-e2e": "pipeline.e2e_cli",
+    "bench": "pipeline.bench_cli",
+}
+
+
+def _available_commands():
+    available = {}
+    for name, module_name in COMMANDS.items():
+        try:
+            available[name] = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:  # a real missing dependency, not a missing command
+                raise
+    return available
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Multimodal (text + image) classification with cached embeddings.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in _available_commands().items():
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        sub = commands.add_parser(
+            name, help=summary, description=(module.__doc__ or "").strip(),
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
