@@ -67,7 +67,8 @@ def _load_vision_only(folder):
     )
     if any(key.startswith("visual_projection") for key in info["missing_keys"]):
         plain = CLIPVisionModel.from_pretrained(folder, trust_remote_code=False)
-        return plain.vision_model, None
+        # transformers 5's CLIPVisionModel is the vision transformer itself; 4.x wrapped it.
+        return getattr(plain, "vision_model", plain), None
     return model.vision_model, model.visual_projection
 
 
