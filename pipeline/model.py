@@ -35,8 +35,9 @@ class MultimodalBertClipClassifier(nn.Module):
         """batch: input_ids/attention_mask (B, T), pixel_values (B, 3, S, S) -> (B, D) each."""
         return {"text_emb": self.encode_text(batch), "image_emb": self.encode_image(batch)}
 
-    def forward(self, batch):
-        return self.head(self.encode(batch))  # (B, 2) logits
+    def forward(self, batch=None, **inputs):
+        """Logits (B, 2); takes a batch dict or its keys as keyword arguments (the Trainer's way)."""
+        return self.head(self.encode(batch if batch is not None else inputs))
 
 
 def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
