@@ -244,8 +244,10 @@ def build_clip(out, seed):
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
     model = transformers.CLIPModel(config)
     model.save_pretrained(out / "clip")
-    # The Pil variant writes the same JSON as CLIPImageProcessor without needing torchvision.
-    processor = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
+    # The Pil variant writes the same JSON as CLIPImageProcessor without needing torchvision;
+    # `or` rather than getattr's default, which would touch (and warn about) the other class.
+    processor = (getattr(transformers, "CLIPImageProcessorPil", None)
+                 or transformers.CLIPImageProcessor)
     processor().save_pretrained(out / "clip")
     return model
 
