@@ -11,12 +11,14 @@ Conventions:
 """
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.losses import CLASS_NAMES
 
 
 def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
+    # Imported here: scikit-learn takes seconds to import, and `python -m pipeline --help` imports this module.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     labels = np.asarray(labels, dtype=np.int64)
     prob_real = np.asarray(prob_real, dtype=np.float64)
     pred = (prob_real > threshold).astype(np.int64)

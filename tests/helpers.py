@@ -7,6 +7,7 @@ from pipeline.synthetic import make_splits
 from pipeline.train_head import TrainConfig
 
 TEXT_DIM, IMAGE_DIM = 16, 8
+SMALL_FLAGS = ["--proj-dim", "16", "--hidden-dim", "16", "--batch-size", "256", "--lr", "3e-3", "--device", "cpu"]
 
 
 def small_splits(signal, rows=3000, seed=0, **kwargs):
