@@ -13,6 +13,13 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPConfig, CLIPModel
 
+from pipeline.cache import write_cache
+from tests.helpers import small_splits
+
+# The test models are tiny: a second thread only adds synchronisation, and on a
+# busy CI machine OpenMP's waits between threads cost more than the maths.
+torch.set_num_threads(1)
+
 WORDS = "the a photo of city council scientists shocking news you won't believe cat dog man woman car".split()
 
 
@@ -108,3 +115,11 @@ def embed_args(tiny_bert, tiny_clip, dataset, tmp_path):
 
 def rgb_noise(size, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def xor_cache(tmp_path_factory):
+    """A complete cache on disk whose label needs both modalities (see pipeline.synthetic)."""
+    folder = tmp_path_factory.mktemp("xor-cache")
+    write_cache(folder, small_splits("xor", rows=2000), part_rows=700)
+    return folder

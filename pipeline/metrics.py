@@ -1,0 +1,81 @@
+"""Classification metrics for the 2-way fake (0) / real (1) task, used by every stage.
+
+Conventions:
+- A row is predicted real when prob_real > threshold; at 0.5 this is the
+  argmax of the two logits (a tie goes to fake, as argmax picks index 0).
+- precision, recall: macro averages over fake and real (each class counts
+  equally, matching f1_macro); per class as precision_fake, recall_real, ...
+- roc_auc, pr_auc: threshold-free, with real as the positive class; pr_auc is
+  average precision. Both are None (JSON null) when the data has one class.
+- confusion_matrix: rows = true fake, true real; columns = predicted fake, real.
+"""
+
+import numpy as np
+
+from pipeline.losses import CLASS_NAMES
+
+
+def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
+    # Imported here: scikit-learn takes seconds to import, and `python -m pipeline --help` imports this module.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(labels, dtype=np.int64)
+    prob_real = np.asarray(prob_real, dtype=np.float64)
+    pred = (prob_real > threshold).astype(np.int64)
+    confusion = np.bincount(2 * labels + pred, minlength=4).reshape(2, 2)  # [true, predicted]
+    metrics = {"accuracy": _ratio(np.trace(confusion), confusion.sum())}
+    for index, name in enumerate(CLASS_NAMES):
+        true_positive = confusion[index, index]
+        metrics[f"precision_{name}"] = _ratio(true_positive, confusion[:, index].sum())
+        metrics[f"recall_{name}"] = _ratio(true_positive, confusion[index, :].sum())
+        metrics[f"f1_{name}"] = _ratio(2 * true_positive, confusion[:, index].sum() + confusion[index, :].sum())
+    for kind in ("precision", "recall", "f1"):
+        metrics[f"{kind}_macro" if kind == "f1" else kind] = float(np.mean([metrics[f"{kind}_{n}"] for n in CLASS_NAMES]))
+    one_class = len(np.unique(labels)) < 2
+    metrics["roc_auc"] = None if one_class else float(roc_auc_score(labels, prob_real))
+    metrics["pr_auc"] = None if one_class else float(average_precision_score(labels, prob_real))
+    metrics["confusion_matrix"] = confusion.tolist()
+    metrics["loss"] = None if loss is None else float(loss)
+    metrics["threshold"] = float(threshold)
+    metrics["rows"] = int(labels.size)
+    return metrics
+
+
+def _ratio(numerator, denominator):
+    # An empty class (no true or no predicted rows) scores 0, as sklearn's zero_division=0 does.
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def tune_threshold(labels, prob_real):
+    """The threshold that maximises macro-F1 on these (validation) rows.
+
+    Every distinct cut of the sorted probabilities is scored at once with
+    cumulative counts; the chosen threshold is the midpoint between the last
+    row called real and the first called fake. Ties go to the cut nearest 0.5.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    prob_real = np.asarray(prob_real, dtype=np.float64)
+    order = np.argsort(-prob_real, kind="stable")
+    probs, truth = prob_real[order], labels[order]
+    # Cut k predicts the k most probable rows real: k = 0 .. n.
+    true_pos = np.concatenate([[0], np.cumsum(truth)])
+    false_pos = np.concatenate([[0], np.cumsum(1 - truth)])
+    positives, negatives = truth.sum(), truth.size - truth.sum()
+    false_neg, true_neg = positives - true_pos, negatives - false_pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1_real = np.nan_to_num(2 * true_pos / (2 * true_pos + false_pos + false_neg))
+        f1_fake = np.nan_to_num(2 * true_neg / (2 * true_neg + false_neg + false_pos))
+    macro = (f1_real + f1_fake) / 2
+    # A cut between equal probabilities cannot be made by any threshold.
+    cuts = np.concatenate([[0], np.flatnonzero(probs[:-1] > probs[1:]) + 1, [probs.size]])
+    thresholds = np.array([_threshold_at(probs, k) for k in cuts])
+    best = thresholds[macro[cuts] == macro[cuts].max()]
+    return float(best[np.argmin(np.abs(best - 0.5))])
+
+
+def _threshold_at(probs, k):
+    if k == 0:
+        return 1.0  # nobody is real: no probability exceeds 1
+    if k == probs.size:
+        return float(np.nextafter(probs[-1], -np.inf))  # everybody is real
+    return float((probs[k - 1] + probs[k]) / 2)

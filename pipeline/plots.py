@@ -1,0 +1,67 @@
+"""PNG plots of a head run: training curves, confusion matrices, ROC and PR curves.
+
+Figures are built with matplotlib's object API (no pyplot), so plotting never
+touches a display or global state; matplotlib is imported only when plotting.
+"""
+
+import numpy as np
+
+from pipeline.losses import CLASS_NAMES
+
+
+def _figure(columns=1):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5 * columns, 4), layout="constrained")
+    return fig, fig.subplots(1, columns, squeeze=False)[0]
+
+
+def plot_training_curves(history, best_epoch, path):
+    """Train and validation loss per epoch (left) and the validation metrics (right)."""
+    fig, (loss_ax, metric_ax) = _figure(2)
+    epochs = [row["epoch"] for row in history]
+    for key in ("train_loss", "val_loss"):
+        loss_ax.plot(epochs, [row[key] for row in history], marker="o", label=key)
+    for key in [k for k in history[0] if k.startswith("val_") and k != "val_loss"]:
+        values = [np.nan if row[key] is None else row[key] for row in history]
+        metric_ax.plot(epochs, values, marker="o", label=key)
+    for ax, title in ((loss_ax, "loss (class-weighted)"), (metric_ax, "validation metrics")):
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax.set(xlabel="epoch", title=title)
+        ax.legend()
+    fig.savefig(path, dpi=100)
+
+
+def plot_confusion_matrices(metrics, path):
+    """One matrix per split at the default threshold 0.5; rows are true classes."""
+    fig, axes = _figure(len(metrics))
+    for ax, (split, values) in zip(axes, metrics.items()):
+        matrix = np.array(values["confusion_matrix"])
+        ax.imshow(matrix, cmap="Blues")
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(col, row, str(count), ha="center", va="center",
+                    color="white" if count > matrix.max() / 2 else "black")
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+               xlabel="predicted", ylabel="true", title=f"{split} (threshold 0.5)")
+    fig.savefig(path, dpi=100)
+
+
+def plot_roc_pr(predictions, roc_path, pr_path):
+    """ROC and precision-recall curves of each split, real as the positive class."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+    roc_fig, (roc_ax,) = _figure()
+    pr_fig, (pr_ax,) = _figure()
+    for split, rows in predictions.items():
+        labels, prob = rows["label"], rows["prob_real"]
+        if len(np.unique(labels)) < 2:
+            continue  # a one-class split has no curve
+        fpr, tpr, _ = roc_curve(labels, prob)
+        precision, recall, _ = precision_recall_curve(labels, prob)
+        roc_ax.plot(fpr, tpr, label=split)
+        pr_ax.plot(recall, precision, label=split)
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (real)", title="ROC")
+    pr_ax.set(xlabel="recall (real)", ylabel="precision (real)", title="precision-recall")
+    for fig, ax, path in ((roc_fig, roc_ax, roc_path), (pr_fig, pr_ax, pr_path)):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.savefig(path, dpi=100)

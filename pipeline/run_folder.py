@@ -1,0 +1,58 @@
+"""The run folder of `train-head`: everything needed to inspect, compare and reuse one run.
+
+    config.json              resolved head + training config, cache path, fingerprint and dims
+    metrics.json             {"val": {...}, "test": {...}}; top level at threshold 0.5, "tuned" at the val-tuned one
+    epochs.csv               one row per epoch: train_loss, val_loss, val metrics, seconds
+    predictions_val.csv      id, label, prob_real, pred (0.5), pred_tuned (tuned threshold)
+    predictions_test.csv
+    head/                    model.safetensors + head_config.json (loads with pipeline.head.load_head)
+    curves.png, confusion_matrix.png, roc.png, pr.png
+"""
+
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import pandas as pd
+
+import pipeline
+from pipeline.cache import write_json_atomic
+from pipeline.head import save_head
+from pipeline.plots import plot_confusion_matrices, plot_roc_pr, plot_training_curves
+
+FILES = ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
+         "head/model.safetensors", "head/head_config.json",
+         "curves.png", "confusion_matrix.png", "roc.png", "pr.png")
+
+
+def default_out(head_config, seed):
+    """runs/head-<modalities>[-<fusion>]-seed<seed>; fusion only names a two-modality head."""
+    name = "-".join(head_config.modalities)
+    if len(head_config.modalities) == 2:
+        name += f"-{head_config.fusion}"
+    return Path("runs") / f"head-{name}-seed{seed}"
+
+
+def write_run(out, run, config):
+    """Write a `HeadRun` and its resolved `config` (a JSON-able dict) into folder `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", config)
+    write_json_atomic(out / "metrics.json", run.metrics)
+    pd.DataFrame(run.fit.history).to_csv(out / "epochs.csv", index=False)
+    for split, columns in run.predictions.items():
+        pd.DataFrame(columns).to_csv(out / f"predictions_{split}.csv", index=False)
+    save_head(out / "head", run.head, extra_config=config)
+    plot_training_curves(run.fit.history, run.fit.best_epoch, out / "curves.png")
+    plot_confusion_matrices(run.metrics, out / "confusion_matrix.png")
+    plot_roc_pr(run.predictions, out / "roc.png", out / "pr.png")
+    return out
+
+
+def resolved_config(command, cache_dir, manifest, **sections):
+    """config.json of a run: the command, the cache it read (path, fingerprint, dims, rows) and each config."""
+    cache = {"dir": str(cache_dir), "fingerprint": manifest.get("fingerprint"), "dims": manifest["dims"],
+             "rows": {name: info.get("rows_embedded") for name, info in manifest["splits"].items()}}
+    resolved = {"command": command, "pipeline_version": pipeline.__version__, "cache": cache}
+    for name, value in sections.items():
+        resolved[name] = asdict(value) if is_dataclass(value) else value
+    return resolved

@@ -1,0 +1,49 @@
+"""Synthetic caches whose labels depend on the embeddings in a known way (tests, benchmarks, demos).
+
+Each modality carries a hidden score along one random unit direction plus
+Gaussian noise elsewhere; `signal` says how the label is made from the scores:
+
+- "text":  only text predicts the label; image is pure noise
+- "both":  sum of the two scores: each modality alone is weaker than both
+- "xor":   the label is 1 when the two scores have the same sign: each
+           modality alone is at chance, only a head that fuses them can learn it
+"""
+
+import numpy as np
+
+from pipeline.cache import CachedSplit
+
+SIGNALS = ("text", "both", "xor")
+
+
+def make_splits(rows, text_dim=768, image_dim=512, signal="both", seed=0, val_share=0.1, test_share=0.1,
+                strength=3.0, real_share=0.5):
+    """{"train", "val", "test"} CachedSplits drawn from one population, `rows` in all."""
+    if signal not in SIGNALS:
+        raise ValueError(f"signal {signal!r}: one of {SIGNALS}")
+    rng = np.random.default_rng(seed)
+    scores = {name: rng.standard_normal(rows) for name in ("text", "image")}
+    text = _embed(rng, scores["text"], text_dim, strength)
+    image = _embed(rng, scores["image"], image_dim, strength)
+    if signal == "text":
+        logit = scores["text"]
+    elif signal == "both":
+        logit = scores["text"] + scores["image"]
+    else:
+        logit = scores["text"] * scores["image"]
+    # A quantile cut sets the class balance; label noise-free so the ceiling is the noise in the features.
+    labels = (logit > np.quantile(logit, 1 - real_share)).astype(np.int64)
+    ids = np.array([f"{signal}-{seed}-{i}" for i in range(rows)], dtype=object)
+    val_start = rows - round(val_share * rows) - round(test_share * rows)
+    test_start = rows - round(test_share * rows)
+    bounds = {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, rows)}
+    return {name: CachedSplit(ids[a:b], labels[a:b], text[a:b], image[a:b]) for name, (a, b) in bounds.items()}
+
+
+def _embed(rng, score, dim, strength):
+    # (N, D) noise plus the score along one direction: the head must find that direction.
+    direction = rng.standard_normal(dim)
+    direction /= np.linalg.norm(direction)
+    matrix = rng.standard_normal((score.size, dim), dtype=np.float32)
+    matrix += (strength * score[:, None] * direction[None, :]).astype(np.float32)
+    return matrix

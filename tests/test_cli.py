@@ -1,0 +1,60 @@
+"""In-process runs of `python -m pipeline train-head` and `ablate` on a tiny cache."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.__main__ import main
+from pipeline.head import load_head
+from pipeline.metrics import compute_metrics
+from pipeline.run_folder import FILES
+from pipeline.train_head import load_cached_splits, predict, to_features
+from tests.helpers import SMALL_FLAGS
+
+REQUIRED = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "loss", "threshold")
+
+
+def test_train_head_writes_the_run_folder_and_the_best_head(xor_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(out), "--max-epochs", "12",
+                 "--patience", "3", *SMALL_FLAGS])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "Validation metrics: {" in printed and "Test metrics: {" in printed and str(out) in printed
+    for name in FILES:
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert set(REQUIRED) <= set(metrics[split]) and set(REQUIRED) <= set(metrics[split]["tuned"])
+        assert metrics[split]["threshold"] == 0.5
+    assert json.loads((out / "config.json").read_text())["cache"]["fingerprint"] == "in-memory"
+    predictions = pd.read_csv(out / "predictions_test.csv")
+    assert list(predictions.columns)[:4] == ["id", "label", "prob_real", "pred"]
+    # The saved head is the best epoch's: its validation score is the best one logged.
+    epochs = pd.read_csv(out / "epochs.csv")
+    manifest, splits = load_cached_splits(xor_cache)
+    head = load_head(out / "head", dims=manifest["dims"])
+    prob, _ = predict(head, to_features(splits["val"], "cpu"), torch.from_numpy(splits["val"].labels), None)
+    f1 = compute_metrics(splits["val"].labels, prob)["f1_macro"]
+    assert f1 == pytest.approx(epochs["val_f1_macro"].max()) == pytest.approx(metrics["val"]["f1_macro"])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--fusion", "sum", "concat, max, mean, gated"),
+    ("--modalities", "text,audio", "text, image"),
+    ("--class-weights", "heavy", "balanced, none"),
+    ("--metric", "auc", "f1_macro"),
+    ("--device", "tpu", "auto, cpu, cuda"),
+])
+def test_bad_flag_value_exits_2_with_the_valid_choices(xor_cache, tmp_path, capsys, flag, value, message):
+    code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path), flag, value])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error:") and message in error
+
+
+def test_not_a_cache_exits_2(tmp_path, capsys):
+    assert main(["train-head", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "no manifest" in capsys.readouterr().err
+
