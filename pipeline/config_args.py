@@ -4,10 +4,12 @@ import argparse
 import dataclasses
 
 
-def add_config_arguments(parser, config_class, defaults=None):
-    """One `--flag-name` per field; help from the field's metadata."""
+def add_config_arguments(parser, config_class, defaults=None, skip=()):
+    """One `--flag-name` per field (except `skip`); help from the field's metadata."""
     defaults = defaults or {}
     for spec in dataclasses.fields(config_class):
+        if spec.name in skip:
+            continue
         flag = "--" + spec.name.replace("_", "-")
         has_default = spec.default is not dataclasses.MISSING or spec.name in defaults
         default = defaults.get(spec.name, spec.default if has_default else None)
