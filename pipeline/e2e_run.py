@@ -5,13 +5,14 @@ predictions, plots, head/) plus skipped.tsv, checkpoints/ (for --resume) and
 export/ (see pipeline.export).
 """
 
+import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from pipeline.data import read_split
 from pipeline.device import resolve_device
@@ -95,7 +96,7 @@ def run_finetune(data, config, log=print):
         compute_metrics=metrics_from_logits, callbacks=[early_stopping(config.patience)],
         class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
     )
-    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(out, config.resume))
+    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(out, config.resume, log))
     if not trainer.is_world_process_zero():
         return out
     run = _evaluate(trainer, splits, datasets, weights)
@@ -161,13 +162,30 @@ def _training_arguments(config, data, out, device):
     )
 
 
-def _checkpoint_to_resume(out, resume):
+def _checkpoint_to_resume(out, resume, log):
+    """The newest complete checkpoint with --resume; without it, a fresh start (old checkpoints removed)."""
+    folder = out / "checkpoints"
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[-1])) if folder.is_dir() else []
     if not resume:
+        if checkpoints:
+            log(f"{folder}: starting afresh and removing old checkpoints (pass --resume to continue them)")
+            shutil.rmtree(folder)
         return None
-    last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
-    if last is None:
-        raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; run once without --resume")
-    return last
+    for checkpoint in checkpoints:
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        # The Trainer writes trainer_state.json last: without it the process died mid-save.
+        log(f"{checkpoint}: incomplete (interrupted while saving); removing it")
+        shutil.rmtree(checkpoint)
+    raise UserError(f"--resume: no complete checkpoint in {folder}; run once without --resume")
+
+
+def _is_complete(checkpoint):
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return True
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def _evaluate(trainer, splits, datasets, weights):

@@ -172,4 +172,19 @@ def test_bad_flags_exit_2(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
     assert main(base + ["--train-image", "partial"]) == 2
     assert "--train-image 'partial' needs to be one of: lora, frozen, full" in capsys.readouterr().err
     assert main(base + ["--resume"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_init_head_starts_from_a_stage_two_head(tiny_bert, tiny_clip, dataset, tmp_path):
+    assert main(["embed", *model_flags(tiny_bert, tiny_clip, dataset), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert main(["train-head", "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "head-run"),
+                 "--max-epochs", "2", "--fusion", "max", "--device", "cpu"]) == 0
+    out = tmp_path / "e2e"
+    assert main(["finetune-e2e", *model_flags(tiny_bert, tiny_clip, dataset), "--out", str(out),
+                 "--init-head", str(tmp_path / "head-run"), "--lr-head", "0", "--train-text", "frozen",
+                 "--train-image", "frozen", "--max-epochs", "1"]) == 0
+    started = load_file(tmp_path / "head-run" / "head" / "model.safetensors")
+    exported = load_file(out / "export" / "head" / "model.safetensors")
+    assert started.keys() == exported.keys()
+    assert all(torch.equal(started[k], exported[k]) for k in started)
+    assert load_head(out / "export" / "head").config.fusion == "max"
