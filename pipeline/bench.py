@@ -1,0 +1,353 @@
+"""The benchmark suite behind `make bench`: every figure a ratio measured in one run, or an
+absolute figure stated with its machine.
+
+Keys of results.json (see the README's benchmark table):
+  embed.<config>.rows_per_s          stage one end to end (read, decode, preprocess, encode, write)
+  embed.<config>.efficiency          rows_per_s / the encoders' forward-only rows/s on the same batch shapes
+  embed.<config>.speedup_vs_naive    against the notebook's loop (per-row CLIPProcessor, max-length padding)
+  decode.speedup, decode.cosine_*    our loader vs plain Image.open + convert + resize on 2-4 MP photos
+  head.seconds_100k, head.speedup_vs_e2e
+  embed.rss_growth, cache.load_overhead
+  cache.bytes_per_row_float32/16, cache.float16_f1_change
+"""
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import CLIPImageProcessor
+
+from pipeline import cache
+from pipeline.bench_data import build_base_models, make_images, write_tsvs
+from pipeline.data import read_split
+from pipeline.embed import EmbedConfig, run_embed
+from pipeline.device import autocast, resolve_device
+from pipeline.embed_loader import plan_batches
+from pipeline.images import ImageSettings, load_image, normalize_pixels, resize_and_crop
+from pipeline.model import build_encoders
+from pipeline.text_encoder import load_tokenizer
+
+
+def machine():
+    return {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def prepare_data(folder, rows, kind, seed=0):
+    """A one-split data folder of `rows` posts over min(rows, 200) distinct images."""
+    folder = Path(folder)
+    paths = make_images(folder / "images", min(rows, 200), kind, seed)
+    write_tsvs(folder, {"train": rows}, paths, seed)
+    return folder
+
+
+def time_embed(config):
+    """Seconds for one full stage-one run (models loaded inside, as a user runs it), and its cache."""
+    started = time.perf_counter()
+    run_embed(config, log=lambda *_: None)
+    return time.perf_counter() - started
+
+
+def time_embed_loop(config):
+    """Stage one with the models already loaded: the rows/s that the efficiency ratio compares."""
+    from pipeline.embed import embed_split
+
+    device = resolve_device(config.device)
+    model, _ = build_encoders(config.text_model, config.clip_model, pooling=config.pooling)
+    model.to(device).eval()
+    tokenizer = load_tokenizer(config.text_model)
+    rows = read_split(config.data_dir, "train")
+    settings = ImageSettings.from_model_folder(config.clip_model)
+    Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    embedded = embed_split(model, tokenizer, rows, config, settings, device)
+    _sync(device)
+    return embedded / (time.perf_counter() - started), model, tokenizer, rows, settings
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward_only_rows_per_s(model, tokenizer, rows, config, settings):
+    """The encoders alone on ready-made tensors with the pipeline's batch shapes."""
+    usable = [[r for r in range(len(rows)) if rows.texts[r]]]
+    batches = plan_batches(usable, rows.texts, config.batch_size)
+    device = next(model.parameters()).device
+    inputs = []
+    for batch in batches:
+        text = dict(tokenizer([rows.texts[r] for r in batch], padding="longest", truncation=True,
+                              max_length=config.max_length, return_tensors="pt"))
+        text["pixel_values"] = torch.randn(len(batch), 3, settings.size, settings.size)
+        inputs.append({k: v.to(device) for k, v in text.items()})
+    with torch.inference_mode(), autocast(device):
+        model.encode(inputs[0])  # warm-up: kernels, allocator
+        _sync(device)
+        started = time.perf_counter()
+        for batch in inputs:
+            model.encode(batch)
+        _sync(device)
+    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+
+
+def naive_rows_per_s(model, config, rows):
+    """The notebook's way: one row at a time through CLIPProcessor and a max-length tokenizer,
+    torch.no_grad (not inference_mode), a default DataLoader."""
+    processor = CLIPImageProcessor.from_pretrained(config.clip_model) if (
+        Path(config.clip_model) / "preprocessor_config.json").is_file() else CLIPImageProcessor()
+    tokenizer = load_tokenizer(config.text_model)
+    root = Path(config.data_dir)
+
+    class NaiveRows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            image = Image.open(root / rows.image_paths[i]).convert("RGB")
+            pixels = processor(images=image, return_tensors="pt")["pixel_values"][0]
+            text = tokenizer(rows.texts[i], padding="max_length", max_length=config.max_length,
+                             truncation=True, return_tensors="pt")
+            return {"pixel_values": pixels, **{k: v[0] for k, v in text.items()}}
+
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    with torch.no_grad(), autocast(device):
+        for batch in DataLoader(NaiveRows(), batch_size=config.batch_size):
+            model.encode({k: v.to(device) for k, v in batch.items()})
+        _sync(device)
+    return len(rows) / (time.perf_counter() - started)
+
+
+def bench_embed(work, name, text_model, clip_model, rows, kind, batch_size, num_workers, device="cpu"):
+    data = prepare_data(work / f"data-{name}", rows, kind)
+    config = EmbedConfig(data_dir=str(data), text_model=str(text_model), clip_model=str(clip_model),
+                         cache_dir=str(work / f"cache-{name}"), splits=("train",), batch_size=batch_size,
+                         num_workers=num_workers, device=device, part_rows=max(rows // 4, 64))
+    seconds = time_embed(config)
+    loop_rate, model, tokenizer, split_rows, settings = time_embed_loop(replace(config, cache_dir=str(work / f"loop-{name}")))
+    forward_rate = forward_only_rows_per_s(model, tokenizer, split_rows, config, settings)
+    naive_rate = naive_rows_per_s(model, config, split_rows)
+    return {
+        "rows": rows, "images": kind, "batch_size": batch_size, "num_workers": num_workers, "device": device,
+        "rows_per_s": round(rows / seconds, 1),
+        "rows_per_s_models_loaded": round(loop_rate, 1),
+        "forward_only_rows_per_s": round(forward_rate, 1),
+        "efficiency": round(loop_rate / forward_rate, 3),
+        "naive_rows_per_s": round(naive_rate, 1),
+        "speedup_vs_naive": round(loop_rate / naive_rate, 2),
+    }
+
+
+def bench_decode(work, count, clip_model):
+    """Our loader (JPEG draft mode) against plain Image.open + convert + resize on 2-4 MP photos."""
+    folder = work / "photos"
+    paths = make_images(folder, count, "photo", seed=7)
+    settings = ImageSettings.from_model_folder(clip_model)
+    started = time.perf_counter()
+    fast = [load_image(folder, p, settings) for p in paths]
+    fast_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    plain = [resize_and_crop(Image.open(folder / p).convert("RGB"), settings.size) for p in paths]
+    plain_seconds = time.perf_counter() - started
+    model, _ = build_encoders_for_images(clip_model)
+    with torch.inference_mode():
+        a = model(normalize_pixels(torch.from_numpy(np.stack(fast)), settings))
+        b = model(normalize_pixels(torch.from_numpy(np.stack(plain)), settings))
+    cosine = torch.nn.functional.cosine_similarity(a, b).numpy()
+    return {"photos": count, "speedup": round(plain_seconds / fast_seconds, 2),
+            "ms_per_photo_fast": round(1000 * fast_seconds / count, 1),
+            "ms_per_photo_plain": round(1000 * plain_seconds / count, 1),
+            "cosine_mean": round(float(cosine.mean()), 5), "cosine_min": round(float(cosine.min()), 5)}
+
+
+def build_encoders_for_images(clip_model):
+    from pipeline.clip_encoder import load_image_encoder
+
+    return load_image_encoder(clip_model).eval(), None
+
+
+def child_peak_rss(code):
+    """Peak resident memory (bytes) of a fresh Python process running `code`."""
+    script = code + "\nimport resource; print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return int(output.rsplit("PEAK", 1)[1]) * 1024
+
+
+def bench_memory(work, text_model, clip_model, rows):
+    """Stage one's peak RSS at N and 10 N rows, and the RSS cost of loading a cache split."""
+    peaks = {}
+    for n in (rows, 10 * rows):
+        data = prepare_data(work / f"rss-data-{n}", n, "preview", seed=3)
+        peaks[n] = child_peak_rss(
+            "from pipeline.embed import EmbedConfig, run_embed\n"
+            f"run_embed(EmbedConfig(data_dir={str(data)!r}, text_model={str(text_model)!r}, "
+            f"clip_model={str(clip_model)!r}, cache_dir={str(work / f'rss-cache-{n}')!r}, splits=('train',), "
+            "num_workers=0, device='cpu', part_rows=256), log=lambda *_: None)"
+        )
+    return {"rows": [rows, 10 * rows], "peak_rss_mb": [round(peaks[n] / 2**20, 1) for n in (rows, 10 * rows)],
+            "rss_growth": round(peaks[10 * rows] / peaks[rows], 3)}
+
+
+def bench_cache_load(work, rows, dims=(768, 512)):
+    """Resident-memory growth of load_split divided by the split's raw float32 bytes.
+
+    A 100-row cache is loaded first, so the one-off initialisation of Arrow's
+    readers and allocator (the same for any size) is not counted as the split's.
+    """
+    from pipeline.cache import CachedSplit, write_cache
+
+    rng = np.random.default_rng(0)
+    for name, n in (("warm-up", 100), ("load-cache", rows)):
+        split = CachedSplit(np.array([str(i) for i in range(n)], dtype=object), rng.integers(0, 2, n),
+                            rng.standard_normal((n, dims[0]), dtype=np.float32),
+                            rng.standard_normal((n, dims[1]), dtype=np.float32))
+        write_cache(work / name, {"train": split})
+    del split
+    code = (
+        "import gc\nfrom pipeline import cache\n"
+        "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        f"cache.load_split({str(work / 'warm-up')!r}, 'train')\ngc.collect()\n"
+        f"before = rss()\nsplit = cache.load_split({str(work / 'load-cache')!r}, 'train')\ngc.collect()\n"
+        "print('GROWTH', rss() - before)"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    growth = int(output.rsplit("GROWTH", 1)[1])
+    raw = rows * sum(dims) * 4
+    return {"rows": rows, "raw_mb": round(raw / 2**20, 1), "growth_mb": round(growth / 2**20, 1),
+            "load_overhead": round(growth / raw, 3)}
+
+
+def bench_cache_dtype(cache_dir, work):
+    """Bytes per row with float32 and float16 storage, and the test macro-F1 change float16 causes."""
+    from pipeline.cache import write_cache
+    from pipeline.head import HeadConfig
+    from pipeline.train_head import TrainConfig, train_head
+
+    manifest = cache.read_manifest(cache_dir)
+    splits = {name: cache.load_split(cache_dir, name) for name in manifest["splits"]}
+    write_cache(work / "f16", splits, dtype="float16")
+    result = {}
+    for dtype, folder in (("float32", Path(cache_dir)), ("float16", work / "f16")):
+        size = sum(p.stat().st_size for p in folder.glob("*/part-*.parquet"))
+        result[f"bytes_per_row_{dtype}"] = round(size / sum(len(s) for s in splits.values()), 1)
+        loaded = {name: cache.load_split(folder, name) for name in splits}
+        head = HeadConfig(text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
+        run = train_head(loaded, head, TrainConfig(seed=0, device="cpu"))
+        result[f"test_f1_macro_{dtype}"] = round(run.metrics["test"]["f1_macro"], 4)
+    result["float16_f1_change"] = round(result["test_f1_macro_float16"] - result["test_f1_macro_float32"], 4)
+    return result
+
+
+def bench_head(rows, demo_cache, demo_config):
+    from pipeline.head_bench import seconds_100k
+
+    return {"seconds_100k": round(seconds_100k(rows=rows), 2), "rows_100k": rows,
+            **head_vs_e2e_epoch(demo_cache, demo_config)}
+
+
+def head_vs_e2e_epoch(cache_dir, data):
+    """One head epoch on the cached train rows against one end-to-end epoch (full text, LoRA image)
+    on the same rows, both with stage two's and the Trainer's default batch sizes."""
+    from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
+    from pipeline.e2e_run import FinetuneConfig, _build_model
+    from pipeline.head import FusionHead, HeadConfig
+    from pipeline.losses import class_weights
+    from pipeline.train_head import TrainConfig, _train_epoch, to_features
+
+    split = cache.load_split(cache_dir, "train")
+    dims = cache.read_manifest(cache_dir)["dims"]
+    head = FusionHead(HeadConfig(text_dim=dims["text"], image_dim=dims["image"]))
+    train = TrainConfig(device="cpu")
+    weights = class_weights(split.labels)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr)
+    started = time.perf_counter()
+    _train_epoch(head, optimizer, to_features(split, "cpu"), torch.from_numpy(split.labels), weights, train,
+                 torch.Generator().manual_seed(0))
+    head_seconds = time.perf_counter() - started
+
+    settings = ImageSettings.from_model_folder(data.clip_model)
+    rows = read_split(data.data_dir, "train")
+    keep, _ = scan_rows(rows, data.resolved_image_root, settings, workers=0)
+    model, _ = _build_model(data, FinetuneConfig())
+    model.train()
+    collate = MultimodalDataCollator(load_tokenizer(data.text_model), settings, data.max_length)
+    loader = DataLoader(E2ERows(rows, keep, data.resolved_image_root, settings), batch_size=16,
+                        shuffle=True, collate_fn=collate, num_workers=data.num_workers)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
+    started = time.perf_counter()
+    for batch in loader:
+        labels = batch.pop("labels")
+        loss = torch.nn.functional.cross_entropy(model(**batch), labels, weight=weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    e2e_seconds = time.perf_counter() - started
+    return {"head_epoch_s": round(head_seconds, 4), "e2e_epoch_s": round(e2e_seconds, 2),
+            "epoch_rows": len(split), "speedup_vs_e2e": round(e2e_seconds / head_seconds, 1)}
+
+
+def write_results(out, results):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    return out
+
+
+def markdown(results):
+    lines = [f"Machine: {results['machine']}", "", "| figure | value | target |", "|---|---|---|"]
+    for key, value, target in flatten_figures(results):
+        lines.append(f"| `{key}` | {value} | {target} |")
+    return "\n".join(lines) + "\n"
+
+
+TARGETS = {"efficiency": ">= 0.9 (base)", "speedup_vs_naive": ">= 3", "seconds_100k": "<= 30 s",
+           "rss_growth": "<= 1.1", "load_overhead": "<= 1.3", "cosine_min": ">= 0.999"}
+
+
+def flatten_figures(results, prefix=""):
+    for key, value in results.items():
+        if key == "machine":
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from flatten_figures(value, name + ".")
+        else:
+            yield name, value, TARGETS.get(key, "")
+
+
+class gpu_utilisation:
+    """Samples `nvidia-smi` every 200 ms while the block runs (a no-op when disabled)."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.samples = []
+
+    def __enter__(self):
+        if self.enabled:
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.process.terminate()
+            output, _ = self.process.communicate()
+            self.samples = [int(line) for line in output.split() if line.strip().isdigit()]
+
+    def summary(self):
+        busy = [s for s in self.samples if s > 0]
+        return {"samples": len(self.samples), "mean": round(float(np.mean(self.samples)), 1) if self.samples else None,
+                "mean_while_busy": round(float(np.mean(busy)), 1) if busy else None}
