@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.ablate import markdown_table, run_ablation, summarize, variants
 from pipeline.cache import write_json_atomic
-from pipeline.cli_args import add_config_arguments, config_from_args
+from pipeline.cli_args import add_config_arguments, add_threads_argument, apply_threads, config_from_args
 from pipeline.head import FUSIONS, MODALITIES, HeadConfig
 from pipeline.run_folder import resolved_config
 from pipeline.train_head import TrainConfig, load_cached_splits
@@ -28,6 +28,7 @@ def add_arguments(parser):
     add_config_arguments(parser, HeadConfig, "head (HeadConfig)",
                          skip=("modalities", "fusion", "text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig, "training (TrainConfig)", skip=("seed",))
+    add_threads_argument(parser)
 
 
 def run(args):
@@ -36,6 +37,7 @@ def run(args):
     for fusion in args.fusions:  # check every value before the first run, not halfway through the grid
         replace(head_config, fusion=fusion)
     grid = variants(args.modalities, args.fusions)
+    threads = apply_threads(args.threads)
     manifest, splits = load_cached_splits(args.cache_dir)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
@@ -49,7 +51,8 @@ def run(args):
     # The grid sets modalities, fusion and seed per run; the rest is shared by every run.
     shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion")}
     write_json_atomic(out / "config.json", resolved_config("ablate", args.cache_dir, manifest, grid=grid_config,
-                                                           head=shared_head, train=train_config))
+                                                           head=shared_head, train=train_config,
+                                                           resolved={"threads": threads}))
     print(table, end="")
     print(f"Ablation folder: {out} (ablation.csv, ablation.md, config.json)")
     return 0

@@ -7,6 +7,10 @@ names the field and lists the valid choices), not by argparse.
 
 from dataclasses import MISSING, fields
 
+import torch
+
+from pipeline.errors import UserError
+
 
 def add_config_arguments(parser, config_cls, title, skip=()):
     group = parser.add_argument_group(title)
@@ -24,3 +28,18 @@ def config_from_args(config_cls, args, **overrides):
     """Build `config_cls` from the parsed flags it owns, plus `overrides` (e.g. dims from a manifest)."""
     values = {spec.name: getattr(args, spec.name) for spec in fields(config_cls) if hasattr(args, spec.name)}
     return config_cls(**{**values, **overrides})
+
+
+def add_threads_argument(parser):
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads; 0 keeps torch's default (one per core). On a machine busy "
+                             "with other work, 1 can be several times faster than threads that wait on each other")
+
+
+def apply_threads(threads):
+    """Set torch's CPU threads from --threads (the CLI's choice; library code leaves the process setting alone)."""
+    if threads < 0:
+        raise UserError(f"--threads {threads}: needs to be 0 (torch's default) or a positive number")
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -47,6 +47,7 @@ def test_train_head_writes_the_run_folder_and_the_best_head(xor_cache, tmp_path,
     ("--class-weights", "heavy", "balanced, none"),
     ("--metric", "auc", "f1_macro"),
     ("--device", "tpu", "auto, cpu, cuda"),
+    ("--threads", "-1", "0 (torch's default) or a positive number"),
 ])
 def test_bad_flag_value_exits_2_with_the_valid_choices(xor_cache, tmp_path, capsys, flag, value, message):
     code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path), flag, value])
