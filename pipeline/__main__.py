@@ -6,10 +6,14 @@ one-line `error: ...` and exit status 2.
 """
 
 import argparse
+import os
 import importlib
 import sys
 
 from pipeline.errors import UserError
+
+# Tokenisers run in DataLoader worker processes; their own thread pool would fight the fork.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # command name -> module; imported lazily so `--help` stays fast.
 COMMANDS = {
@@ -32,6 +36,14 @@ def _available_commands():
     return available
 
 
+def _quiet_libraries():
+    """Our own progress bars and messages are the ones worth reading."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -50,6 +62,7 @@ def build_parser():
 
 
 def main(argv=None):
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

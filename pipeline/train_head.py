@@ -203,14 +203,26 @@ def train_head(splits, head_config, train_config, log=None):
 
 
 def evaluate(model, splits, data, weights):
-    """Tune the threshold on val only, then score val and test at 0.5 and at that threshold."""
-    probs = {name: predict(model, *data[name], weights) for name in ("val", "test")}
-    threshold = tune_threshold(splits["val"].labels, probs["val"][0])
+    """Score val and test (see score_probabilities) with the model's predicted probabilities."""
+    outputs = {name: predict(model, *data[name], weights) for name in ("val", "test")}
+    return score_probabilities(
+        ids={name: splits[name].ids for name in outputs}, labels={name: splits[name].labels for name in outputs},
+        probs={name: prob for name, (prob, _) in outputs.items()},
+        losses={name: loss for name, (_, loss) in outputs.items()},
+    )
+
+
+def score_probabilities(ids, labels, probs, losses):
+    """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
+
+    Shared by head training and end-to-end fine-tuning; each argument maps "val"
+    and "test" to that split's ids, 0/1 labels, prob_real and loss.
+    """
+    threshold = tune_threshold(labels["val"], probs["val"])
     metrics, predictions = {}, {}
-    for name, (prob, loss) in probs.items():
-        labels = splits[name].labels
-        metrics[name] = compute_metrics(labels, prob, loss=loss)
-        metrics[name]["tuned"] = compute_metrics(labels, prob, threshold=threshold, loss=loss)
-        predictions[name] = {"id": splits[name].ids, "label": labels, "prob_real": prob,
+    for name, prob in probs.items():
+        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
+        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
                              "pred": (prob > 0.5).astype(np.int64), "pred_tuned": (prob > threshold).astype(np.int64)}
     return metrics, predictions

@@ -1,7 +1,17 @@
-"""Shared fixtures, the `slow` marker, and one thread for torch."""
+"""Shared fixtures: tiny BERT and CLIP folders built from configs, tiny TSV splits with Pillow images.
 
+The models are saved with `save_pretrained` and loaded back through the same
+`from_pretrained` code users hit; nothing is downloaded.
+"""
+
+import random
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPConfig, CLIPModel
 
 from pipeline.cache import write_cache
 from tests.helpers import small_splits
@@ -10,9 +20,101 @@ from tests.helpers import small_splits
 # busy CI machine OpenMP's waits between threads cost more than the maths.
 torch.set_num_threads(1)
 
+WORDS = "the a photo of city council scientists shocking news you won't believe cat dog man woman car".split()
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds; deselect with -m 'not slow'")
+
+def build_tiny_bert(folder):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + list("abcdefghijklmnopqrstuvwxyz")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_clip_config(image_size=32):
+    return CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=16),
+        projection_dim=24,
+    )
+
+
+def build_tiny_clip(folder, image_size=32):
+    folder = Path(folder)
+    torch.manual_seed(1)
+    CLIPModel(tiny_clip_config(image_size)).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(
+        '{"crop_size": {"height": %d, "width": %d}, "image_mean": [0.48145466, 0.4578275, 0.40821073], '
+        '"image_std": [0.26862954, 0.26130258, 0.27577711], "image_processor_type": "CLIPImageProcessor", '
+        '"size": {"shortest_edge": %d}}' % (image_size, image_size, image_size)
+    )
+    return folder
+
+
+def write_split(folder, split, rows):
+    """rows: list of dicts with id, clean_title, 2_way_label, local_image_path (any subset)."""
+    columns = list(rows[0])
+    lines = ["\t".join(columns)] + ["\t".join(str(row[c]) for c in columns) for row in rows]
+    path = Path(folder) / f"{split}.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_dataset(folder, counts=(("train", 24), ("val", 8), ("test", 8)), seed=0):
+    """Small Fakeddit-shaped splits with varied Pillow images; returns the folder."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    for split, count in counts:
+        rows = []
+        for i in range(count):
+            key = f"{split[:2]}{i:04d}"
+            label = i % 2
+            size = rng.choice([(40, 30), (64, 64), (30, 50), (120, 90)])
+            color = (200, 60, 40) if label else (40, 80, 200)
+            image = Image.new("RGB", size, color)
+            image.putpixel((rng.randrange(size[0]), rng.randrange(size[1])), (rng.randrange(256),) * 3)
+            image.save(folder / "images" / f"{key}.jpg", quality=90)
+            title = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+            rows.append({"id": key, "clean_title": title, "2_way_label": label,
+                         "local_image_path": f"images/{key}.jpg"})
+        write_split(folder, split, rows)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def embed_args(tiny_bert, tiny_clip, dataset, tmp_path):
+    """Flags for a small stage-one run; tests add or override."""
+    return ["embed", "--data-dir", str(dataset), "--text-model", str(tiny_bert), "--clip-model", str(tiny_clip),
+            "--cache-dir", str(tmp_path / "cache"), "--batch-size", "4", "--num-workers", "0",
+            "--part-rows", "8", "--device", "cpu"]
+
+
+def rgb_noise(size, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="session")

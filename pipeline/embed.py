@@ -1,0 +1,341 @@
+"""Stage one: embed every row of the splits once and cache the vectors as Parquet.
+
+Resumable (parts that exist are kept), fingerprinted (a cache built from other
+models, checkpoints, settings or data is never reused), streaming (one part in
+memory at a time) and accountable (every input row ends up embedded or listed
+in skipped.tsv with its reason).
+"""
+
+import fcntl
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import __version__, cache
+from pipeline.data import read_split
+from pipeline.device import autocast, resolve_device
+from pipeline.embed_loader import Collate, ImageRows, make_loader, plan_batches
+from pipeline.errors import UserError
+from pipeline.fingerprint import combine, differences, path_sha256
+from pipeline.images import DEFAULT_MAX_PIXELS, ImageSettings, normalize_pixels
+from pipeline.model import build_encoders
+from pipeline.text_encoder import POOLINGS, load_tokenizer
+from pipeline.clip_encoder import EMBEDDINGS
+
+BAD_IMAGE_POLICIES = ("skip", "fail")
+STALE_POLICIES = ("rebuild", "refuse")
+CACHE_DTYPES = ("float32", "float16")
+
+
+def _help(text, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything stage one depends on; saved in the manifest."""
+
+    data_dir: str = _help("folder with <split>_filtered.tsv or <split>.tsv files")
+    text_model: str = _help("Hugging Face BERT-family model folder (AutoModel + AutoTokenizer)")
+    clip_model: str = _help("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
+    cache_dir: str = _help("where the Parquet cache goes")
+    splits: tuple = _help("splits to embed", default=("train", "val", "test"))
+    image_root: str = _help("folder local_image_path is relative to (default: --data-dir)", default=None)
+    image_pattern: str = _help("image file name when the TSV has no local_image_path column", default="{id}.jpg")
+    clip_lora: str = _help("CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
+    lora_alpha: float = _help("LoRA alpha when the checkpoint does not store it", default=None)
+    pooling: str = _help(f"text pooling: {', '.join(POOLINGS)}", default="cls")
+    max_length: int = _help("titles are truncated to this many tokens", default=128)
+    clip_embedding: str = _help(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
+    device: str = _help("auto, cpu, cuda or cuda:N", default="auto")
+    batch_size: int = _help("rows per forward pass", default=64)
+    num_workers: int = _help("DataLoader worker processes for image decoding (0 = in the main process)", default=2)
+    on_bad_image: str = _help(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
+    on_stale: str = _help(f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
+    part_rows: int = _help("input rows per Parquet part (the unit of resuming)", default=4096)
+    cache_dtype: str = _help(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
+    max_pixels: int = _help("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
+    draft: bool = _help("let JPEGs decode at reduced scale when much larger than needed", default=True)
+
+    def __post_init__(self):
+        problems = []
+        for name, value, choices in (
+            ("pooling", self.pooling, POOLINGS), ("clip_embedding", self.clip_embedding, EMBEDDINGS),
+            ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES), ("on_stale", self.on_stale, STALE_POLICIES),
+            ("cache_dtype", self.cache_dtype, CACHE_DTYPES),
+        ):
+            if value not in choices:
+                problems.append(f"--{name.replace('_', '-')} {value!r} needs to be one of: {', '.join(choices)}")
+        for name in ("batch_size", "max_length", "part_rows", "max_pixels"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be at least 1")
+        if self.num_workers < 0:
+            problems.append("--num-workers must be 0 or more")
+        if not self.splits:
+            problems.append("--splits needs at least one split name")
+        for name in ("data_dir", "text_model", "clip_model"):
+            if not Path(getattr(self, name)).is_dir():
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: no such folder")
+        if self.clip_lora and not Path(self.clip_lora).exists():
+            problems.append(f"--clip-lora {self.clip_lora}: no such file or folder")
+        if problems:
+            raise UserError("; ".join(problems))
+
+    @property
+    def resolved_image_root(self):
+        return self.image_root or self.data_dir
+
+
+def run_embed(config, rank=0, world_size=1, log=print):
+    """Build (or resume, or reuse) the cache; returns the manifest."""
+    splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
+    image_settings = ImageSettings.from_model_folder(
+        config.clip_model, max_pixels=config.max_pixels, draft=config.draft,
+    )
+    # Through JSON once, so tuples compare equal to the lists read back from disk.
+    inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
+    fingerprint = combine(inputs)
+    cache_dir = Path(config.cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache_dir):
+        if _prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log) == "complete":
+            manifest = cache.read_manifest(cache_dir)
+            log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
+            return manifest
+        device = resolve_device(config.device)
+        model, lora_summary = build_encoders(
+            config.text_model, config.clip_model, config.clip_lora, config.lora_alpha,
+            config.pooling, config.clip_embedding,
+        )
+        model.to(device).eval()
+        tokenizer = load_tokenizer(config.text_model)
+        timings = {}
+        for name, rows in splits.items():
+            started = time.perf_counter()
+            embedded = embed_split(model, tokenizer, rows, config, image_settings, device, rank, world_size)
+            seconds = time.perf_counter() - started
+            timings[name] = {"seconds": round(seconds, 3), "rows_per_s": round(embedded / seconds, 1) if seconds else None}
+        manifest = cache.finalize(
+            cache_dir, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
+            dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, splits),
+        )
+    log(summary(manifest))
+    return manifest
+
+
+def fingerprint_inputs(config, splits, image_settings):
+    """What the cache depends on: content hashes of models, checkpoint and split files, and settings."""
+    return {
+        "format_version": cache.FORMAT_VERSION,
+        "text_model": path_sha256(config.text_model),
+        "clip_model": path_sha256(config.clip_model),
+        "clip_lora": path_sha256(config.clip_lora) if config.clip_lora else None,
+        "lora_alpha": config.lora_alpha,
+        "splits": {name: path_sha256(rows.path) for name, rows in splits.items()},
+        "image_root": str(Path(config.resolved_image_root).resolve()),
+        "image_pattern": config.image_pattern,
+        "text": {"pooling": config.pooling, "max_length": config.max_length},
+        "image": {**asdict(image_settings), "embedding": config.clip_embedding},
+        "part_rows": config.part_rows,
+        "cache_dtype": config.cache_dtype,
+    }
+
+
+@contextmanager
+def cache_lock(cache_dir):
+    """One writer per cache folder; the OS drops the lock if the process dies."""
+    with open(cache_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{cache_dir}: another `embed` run is writing this cache; wait for it to finish or use another --cache-dir"
+            ) from None
+        yield
+
+
+def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
+    """'complete', 'resume' or 'fresh'; clears a stale cache (or refuses to)."""
+    state_path = cache_dir / cache.FINGERPRINT_NAME
+    old = _read_json(state_path)
+    if old is not None and old.get("fingerprint") == fingerprint:
+        return "complete" if (cache_dir / cache.MANIFEST_NAME).is_file() else "resume"
+    if old is not None:
+        changed = ", ".join(differences(old.get("inputs", {}), inputs)) or "unknown"
+        if on_stale == "refuse":
+            raise UserError(
+                f"{cache_dir}: cache was built from other inputs (changed: {changed}); "
+                "use another --cache-dir or --on-stale rebuild"
+            )
+        log(f"cache {cache_dir} was built from other inputs (changed: {changed}); rebuilding it")
+    _clear(cache_dir)
+    cache.write_json_atomic(state_path, {"fingerprint": fingerprint, "inputs": inputs})
+    return "fresh"
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _clear(cache_dir):
+    (cache_dir / cache.MANIFEST_NAME).unlink(missing_ok=True)
+    (cache_dir / cache.SKIPPED_NAME).unlink(missing_ok=True)
+    for child in cache_dir.iterdir():
+        if child.is_dir() and (any(child.glob("part-*.parquet")) or any(child.glob(".part-*"))):
+            shutil.rmtree(child)
+
+
+def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1):
+    """Embed the parts of one split that this rank owns and that are not on disk yet."""
+    parts = PartWriter(rows, config, model.dims)
+    pending = [p for p in parts.pending() if p % world_size == rank]
+    collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size)
+    dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings)
+    batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, config.batch_size)
+    loader = make_loader(dataset, collate, batches, config.num_workers, pin_memory=device.type == "cuda")
+    for part in pending:  # rows skipped before loading (empty titles) may complete a part
+        parts.maybe_write(part)
+    total = sum(parts.size(p) for p in pending)
+    embedded = 0
+    with tqdm(total=total, desc=f"embed {rows.split}", unit="rows", disable=rank != 0) as bar:
+        with torch.inference_mode(), autocast(device):
+            for batch in loader:
+                embedded += _embed_batch(model, batch, rows, config, image_settings, device, parts)
+                bar.update(len(batch.rows))
+    parts.close()
+    return embedded
+
+
+def _embed_batch(model, batch, rows, config, image_settings, device, parts):
+    for row, reason in batch.bad:
+        if config.on_bad_image == "fail":
+            raise UserError(
+                f"{rows.path}: line {row + 2}, column local_image_path {rows.image_paths[row]!r}: "
+                f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip"
+            )
+        parts.skip(row, reason)
+    if not batch.good:
+        return 0
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
+    pixels = batch.pixels.to(device, non_blocking=True)
+    inputs["pixel_values"] = normalize_pixels(pixels, image_settings)
+    vectors = model.encode(inputs)
+    good_rows = [batch.rows[i] for i in batch.good]
+    parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy())
+    return len(good_rows)
+
+
+class PartWriter:
+    """Gathers results per part and writes a part (in a background thread) once all its rows are in."""
+
+    def __init__(self, rows, config, dims):
+        self.rows = rows
+        self.dims = dims
+        self.config = config
+        self.part_rows = config.part_rows
+        self.count = -(-len(rows) // self.part_rows)
+        self.done = cache.existing_parts(config.cache_dir, rows.split)
+        self.results = {}  # part -> {row: (text_vec, image_vec) or reason}
+        self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
+        self.futures = []
+
+    def pending(self):
+        return [p for p in range(self.count) if p not in self.done]
+
+    def range(self, part):
+        return range(part * self.part_rows, min((part + 1) * self.part_rows, len(self.rows)))
+
+    def size(self, part):
+        return len(self.range(part))
+
+    def embeddable_rows(self, part):
+        rows = []
+        for row in self.range(part):
+            if self.rows.texts[row]:
+                rows.append(row)
+            else:
+                self.results.setdefault(part, {})[row] = "empty_title"
+        return rows
+
+    def skip(self, row, reason):
+        self.results.setdefault(row // self.part_rows, {})[row] = reason
+        self.maybe_write(row // self.part_rows)
+
+    def add(self, rows, text, image):
+        touched = set()
+        for i, row in enumerate(rows):
+            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i])
+            touched.add(row // self.part_rows)
+        for part in touched:
+            self.maybe_write(part)
+
+    def maybe_write(self, part):
+        results = self.results.get(part, {})
+        if len(results) < self.size(part):
+            return
+        del self.results[part]
+        self._check_writer()
+        self.futures.append(self.writer.submit(self._write, part, results))
+
+    def _write(self, part, results):
+        ids, labels, text, image, skipped = [], [], [], [], []
+        for row in self.range(part):  # file order, whatever order the batches came in
+            result = results[row]
+            if isinstance(result, str):
+                skipped.append({"id": self.rows.ids[row], "row": row, "reason": result})
+                continue
+            ids.append(self.rows.ids[row])
+            labels.append(self.rows.labels[row])
+            text.append(result[0])
+            image.append(result[1])
+        cache.write_part(
+            cache.part_path(self.config.cache_dir, self.rows.split, part), ids, labels,
+            np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
+            np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
+            skipped, dtype=self.config.cache_dtype,
+        )
+
+    def _check_writer(self):
+        for future in [f for f in self.futures if f.done()]:
+            future.result()  # re-raise a failed write here, not at the end
+            self.futures.remove(future)
+
+    def close(self):
+        self.writer.shutdown(wait=True)
+        for future in self.futures:
+            future.result()
+        if self.results:
+            raise RuntimeError(f"{self.rows.split}: parts {sorted(self.results)} never completed")
+
+
+def _manifest_config(config, lora_summary, device, timings, splits):
+    import transformers
+
+    return {
+        "embed": {**asdict(config), "splits": list(config.splits)},
+        "clip_lora": lora_summary,
+        "device": str(device),
+        "timings": timings,
+        "duplicate_ids": {name: rows.duplicate_ids for name, rows in splits.items()},
+        "versions": {"pipeline": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def summary(manifest):
+    """Per split: rows read, embedded, skipped by reason."""
+    lines = [f"{'split':<8} {'read':>8} {'embedded':>9} {'skipped':>8}  reasons"]
+    for name, info in manifest["splits"].items():
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(info["skipped_by_reason"].items())) or "-"
+        lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_embedded']:>9} {info['rows_skipped']:>8}  {reasons}")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Export a fine-tuned model in the forms stage one (`make embed`) takes as they are.
+
+    export/text_model/   Hugging Face folder (AutoModel + tokenizer); LoRA merged in
+    export/clip_lora/    PEFT adapter folder for --clip-lora (when the image encoder trained LoRA)
+    export/clip_lora.pt  the same adapter as one file, its rank/alpha config inside
+    export/clip_model/   the whole fine-tuned CLIP image encoder (vision + projection), merged
+    export/head/         the fusion head (stage two's format)
+    export/embed.sh      the `make embed` line that uses them
+"""
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from pipeline.head import save_head
+
+
+def export_model(model, tokenizer, out, clip_model_folder, lora_was_given):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _export_text(model.text_encoder.model, tokenizer, out / "text_model")
+    vision = model.image_encoder.vision_model
+    if isinstance(vision, PeftModel):
+        vision.save_pretrained(out / "clip_lora")
+        config = vision.peft_config["default"]
+        torch.save({
+            "state_dict": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(vision).items()},
+            "config": {"lora_r": config.r, "lora_alpha": config.lora_alpha,
+                       "target_modules": sorted(config.target_modules)},
+        }, out / "clip_lora.pt")
+    _export_clip(model.image_encoder, out / "clip_model")
+    preprocessor = Path(clip_model_folder) / "preprocessor_config.json"
+    if preprocessor.is_file():  # stage one reads image size, mean and std from it
+        shutil.copy(preprocessor, out / "clip_model" / preprocessor.name)
+    save_head(out / "head", model.head)
+    _write_embed_line(out, clip_model_folder, isinstance(vision, PeftModel) and not lora_was_given)
+    return out
+
+
+def _export_text(text_model, tokenizer, folder):
+    if isinstance(text_model, PeftModel):
+        text_model = copy.deepcopy(text_model).merge_and_unload()
+    text_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _export_clip(image_encoder, folder):
+    """A CLIPVisionModelWithProjection folder holding the merged vision tower and projection."""
+    vision = image_encoder.vision_model
+    if isinstance(vision, PeftModel):
+        vision = copy.deepcopy(vision).merge_and_unload()
+    vision_config = CLIPVisionConfig(**vision.config.to_dict())
+    projection = image_encoder.visual_projection
+    vision_config.projection_dim = projection.out_features if projection is not None else vision_config.hidden_size
+    clip = CLIPVisionModelWithProjection(vision_config)
+    clip.vision_model.load_state_dict(vision.state_dict())
+    if projection is not None:
+        clip.visual_projection.load_state_dict(projection.state_dict())
+    clip.save_pretrained(folder)
+
+
+def _write_embed_line(out, clip_model_folder, adapter_fits_base):
+    if adapter_fits_base:
+        clip = f"CLIP_MODEL={clip_model_folder} CLIP_LORA={out / 'clip_lora'}"
+    else:
+        clip = f"CLIP_MODEL={out / 'clip_model'} CLIP_LORA="  # base already held another checkpoint
+    (out / "embed.sh").write_text(f"make embed TEXT_MODEL={out / 'text_model'} {clip} \"$@\"\n")

@@ -1,0 +1,143 @@
+"""Safe, fast image loading: root containment, a pixel cap, any mode to RGB.
+
+`load_image` returns a (S, S, 3) uint8 array already resized (shortest side to
+S, bicubic) and centre-cropped the way CLIP's image processor does it, or
+raises `BadImage` with a short reason that goes into `skipped.tsv`.
+Normalisation happens later on whole batches (see `normalize_pixels`), so the
+per-image work in the DataLoader workers is decode + resize only.
+"""
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BadImage(Exception):
+    """An image row that cannot be embedded; `reason` is a short snake_case tag."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How images become pixels; part of the cache fingerprint."""
+
+    size: int = 224
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    draft: bool = True  # JPEG decodes at reduced scale when the photo is much larger than `size`
+
+    @classmethod
+    def from_model_folder(cls, folder, **overrides):
+        """Read size/mean/std from a CLIP folder's preprocessor_config.json when it has one."""
+        path = Path(folder) / "preprocessor_config.json"
+        values = {}
+        if path.is_file():
+            config = json.loads(path.read_text())
+            crop = config.get("crop_size", {})
+            size = crop.get("height") if isinstance(crop, dict) else crop
+            if size:
+                values["size"] = int(size)
+            if config.get("image_mean"):
+                values["mean"] = tuple(config["image_mean"])
+            if config.get("image_std"):
+                values["std"] = tuple(config["image_std"])
+        values.update(overrides)
+        return cls(**values)
+
+
+def resolve_inside(root, relative):
+    """`root / relative`, refused when it (or a symlink on the way) leads outside `root`."""
+    root = Path(root).resolve()
+    if not relative:
+        raise BadImage("no_image_path")
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root):
+        raise BadImage("outside_image_root", str(relative))
+    return candidate
+
+
+def load_image(root, relative, settings):
+    path = resolve_inside(root, relative)
+    if not path.exists():
+        raise BadImage("missing_file", str(relative))
+    if not path.is_file():
+        raise BadImage("not_a_file", str(relative))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > settings.max_pixels:
+                    raise BadImage("too_many_pixels", f"{width}x{height}")
+                if settings.draft:
+                    _request_draft(image, settings.size)
+                image.seek(0)  # animated GIF/WebP: first frame
+                image.load()
+                rgb = to_rgb(ImageOps.exif_transpose(image))
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as error:
+        raise BadImage("too_many_pixels", str(error)) from None
+    except Image.UnidentifiedImageError:
+        raise BadImage("not_an_image", str(relative)) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
+    return resize_and_crop(rgb, settings.size)
+
+
+def _request_draft(image, size):
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the short side stays >= size."""
+    if image.format != "JPEG":
+        return
+    width, height = image.size
+    scale = size / min(width, height)
+    image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def to_rgb(image):
+    """Any Pillow mode to RGB, as `Image.convert("RGB")` would, but 16-bit kept in range."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # convert("L") clips 16-bit values at 255 (a white image); scale them instead.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = image.convert("L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow warns on P -> RGB with byte transparency
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def resize_and_crop(image, size):
+    """Shortest side to `size` (bicubic), then the central size x size square: (S, S, 3) uint8."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_size = (size, new_long) if width <= height else (new_long, size)
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left = (new_size[0] - size) // 2
+    top = (new_size[1] - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def normalize_pixels(pixels_uint8, settings, dtype=torch.float32):
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch."""
+    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
+    mean = torch.tensor(settings.mean, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(settings.std, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std

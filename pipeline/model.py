@@ -1,0 +1,51 @@
+"""One model for both ways of training: text encoder + CLIP image encoder + fusion head.
+
+`encode(batch)` returns exactly what stage one caches, `{"text_emb", "image_emb"}`;
+`forward` applies the fusion head to it. Stage one calls `encode` with the head
+left out; end-to-end fine-tuning calls `forward`.
+"""
+
+from torch import nn
+
+from pipeline.clip_encoder import load_image_encoder
+from pipeline.lora import apply_clip_checkpoint
+from pipeline.text_encoder import TextEncoder, load_text_model
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class MultimodalBertClipClassifier(nn.Module):
+    def __init__(self, text_encoder, image_encoder, head=None):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.head = head
+
+    @property
+    def dims(self):
+        return {"text": self.text_encoder.dim, "image": self.image_encoder.dim}
+
+    def encode_text(self, batch):
+        return self.text_encoder(**{k: batch[k] for k in TEXT_INPUTS if batch.get(k) is not None})
+
+    def encode_image(self, batch):
+        return self.image_encoder(batch["pixel_values"])
+
+    def encode(self, batch):
+        """batch: input_ids/attention_mask (B, T), pixel_values (B, 3, S, S) -> (B, D) each."""
+        return {"text_emb": self.encode_text(batch), "image_emb": self.encode_image(batch)}
+
+    def forward(self, batch=None, **inputs):
+        """Logits (B, 2); takes a batch dict or its keys as keyword arguments (the Trainer's way)."""
+        return self.head(self.encode(batch if batch is not None else inputs))
+
+
+def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
+                   pooling="cls", clip_embedding="projected"):
+    """Load both encoders from folders (and merge an optional CLIP checkpoint)."""
+    text_encoder = TextEncoder(load_text_model(text_model), pooling)
+    image_encoder = load_image_encoder(clip_model, clip_embedding)
+    lora_summary = None
+    if clip_lora:
+        lora_summary = apply_clip_checkpoint(image_encoder, clip_lora, lora_alpha)
+    return MultimodalBertClipClassifier(text_encoder, image_encoder), lora_summary

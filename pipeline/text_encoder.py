@@ -1,0 +1,56 @@
+"""The text tower: any Hugging Face BERT-family folder, pooled to one vector per title."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from pipeline.model_files import check_model_folder
+
+POOLINGS = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """How titles become vectors; part of the cache fingerprint."""
+
+    pooling: str = "cls"
+    max_length: int = 128
+
+
+def load_tokenizer(folder):
+    check_model_folder(folder, "--text-model")
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+def load_text_model(folder):
+    check_model_folder(folder, "--text-model")
+    return AutoModel.from_pretrained(folder, trust_remote_code=False)
+
+
+def pool(hidden, attention_mask, pooling):
+    """(B, T, H) token states -> (B, H): the [CLS] state or the masked mean."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model, pooling="cls"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        self.model = model
+        self.pooling = pooling
+
+    @property
+    def dim(self):
+        return self.model.config.hidden_size
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+        ).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
