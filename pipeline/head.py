@@ -126,8 +126,8 @@ def load_head(folder, dims=None, dims_source="the features"):
             raise UserError(f"{path}: missing, so {folder} is not a head checkpoint; point at a run's head/ folder")
     try:
         config = HeadConfig(**json.loads(config_path.read_text())["head"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"{config_path}: not a head config ({error}); re-save the head with save_head") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UserError) as error:
+        raise UserError(f"{config_path}: not a valid head config ({error}); re-save the head with save_head") from None
     if dims is not None:
         check_dims(config, dims, source=dims_source, head_name=str(folder))
     head = FusionHead(config)
