@@ -9,25 +9,26 @@ ablation.md (the table) and config.json into --out.
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import torch
+
 from pipeline.ablate import markdown_table, run_ablation, summarize, variants
 from pipeline.cache import write_json_atomic
-from pipeline.cli_args import add_config_arguments, config_from_args
+from pipeline.config_args import add_config_arguments, config_from_args
 from pipeline.head import FUSIONS, MODALITIES, HeadConfig
 from pipeline.run_folder import resolved_config
 from pipeline.train_head import TrainConfig, load_cached_splits
 
 
 def add_arguments(parser):
-    parser.add_argument("--cache-dir", default="cache", help="embedding cache folder written by `embed`")
+    parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default="runs/ablation", help="folder for ablation.csv, ablation.md, config.json")
     parser.add_argument("--modalities", nargs="+", default=["text", "image", "text,image"],
                         help="modality sets to compare, each comma-separated (text,image = both)")
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS),
                         help=f"fusion kinds for the two-modality sets: any of {', '.join(FUSIONS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every variant")
-    add_config_arguments(parser, HeadConfig, "head (HeadConfig)",
-                         skip=("modalities", "fusion", "text_dim", "image_dim"))
-    add_config_arguments(parser, TrainConfig, "training (TrainConfig)", skip=("seed",))
+    add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
+    add_config_arguments(parser, TrainConfig, skip=("seed",))
 
 
 def run(args):
@@ -49,7 +50,8 @@ def run(args):
     # The grid sets modalities, fusion and seed per run; the rest is shared by every run.
     shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion")}
     write_json_atomic(out / "config.json", resolved_config("ablate", args.cache_dir, manifest, grid=grid_config,
-                                                           head=shared_head, train=train_config))
+                                                           head=shared_head, train=train_config,
+                                                           resolved={"threads": torch.get_num_threads()}))
     print(table, end="")
     print(f"Ablation folder: {out} (ablation.csv, ablation.md, config.json)")
     return 0

@@ -56,7 +56,7 @@ class HeadConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{name} {value!r}: needs to be a positive integer")
-        if not 0.0 <= self.dropout < 1.0:
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout {self.dropout!r}: needs to be in [0, 1)")
 
     def dims(self):
@@ -126,8 +126,8 @@ def load_head(folder, dims=None, dims_source="the features"):
             raise UserError(f"{path}: missing, so {folder} is not a head checkpoint; point at a run's head/ folder")
     try:
         config = HeadConfig(**json.loads(config_path.read_text())["head"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"{config_path}: not a head config ({error}); re-save the head with save_head") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UserError) as error:
+        raise UserError(f"{config_path}: not a valid head config ({error}); re-save the head with save_head") from None
     if dims is not None:
         check_dims(config, dims, source=dims_source, head_name=str(folder))
     head = FusionHead(config)

@@ -10,7 +10,9 @@ PNG plots. Top-level metrics use threshold 0.5; "tuned" holds the tuned ones.
 
 from dataclasses import replace
 
-from pipeline.cli_args import add_config_arguments, config_from_args
+import torch
+
+from pipeline.config_args import add_config_arguments, config_from_args
 from pipeline.head import HeadConfig
 from pipeline.run_folder import default_out, resolved_config, write_run
 from pipeline.train_head import TrainConfig, load_cached_splits, train_head
@@ -20,11 +22,11 @@ SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "r
 
 
 def add_arguments(parser):
-    parser.add_argument("--cache-dir", default="cache", help="embedding cache folder written by `embed`")
+    parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default=None,
                         help="run folder; None means runs/head-<modalities>[-<fusion>]-seed<seed>")
-    add_config_arguments(parser, HeadConfig, "head (HeadConfig)", skip=("text_dim", "image_dim"))
-    add_config_arguments(parser, TrainConfig, "training (TrainConfig)")
+    add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
+    add_config_arguments(parser, TrainConfig)
 
 
 def run(args):
@@ -36,8 +38,8 @@ def run(args):
           f"({', '.join(f'{name} {len(split)}' for name, split in splits.items())} rows)")
     result = train_head(splits, head_config, train_config, log=print)
     config = resolved_config("train-head", args.cache_dir, manifest, head=head_config, train=train_config,
-                             resolved={"device": result.device, "class_weights": result.class_weights,
-                                       "best_epoch": result.fit.best_epoch})
+                             resolved={"device": result.device, "threads": torch.get_num_threads(),
+                                       "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch})
     out = write_run(args.out or default_out(head_config, train_config.seed), result, config)
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")

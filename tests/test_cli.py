@@ -46,7 +46,9 @@ def test_train_head_writes_the_run_folder_and_the_best_head(xor_cache, tmp_path,
     ("--modalities", "text,audio", "text, image"),
     ("--class-weights", "heavy", "balanced, none"),
     ("--metric", "auc", "f1_macro"),
-    ("--device", "tpu", "auto, cpu, cuda"),
+    ("--device", "tpu", "auto, cpu, cuda or cuda:N"),
+    ("--threads", "-1", "threads -1: needs to be a whole number of at least 0"),
+    ("--lr", "none", "lr None: needs to be a finite number above 0"),
 ])
 def test_bad_flag_value_exits_2_with_the_valid_choices(xor_cache, tmp_path, capsys, flag, value, message):
     code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path), flag, value])

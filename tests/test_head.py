@@ -72,3 +72,7 @@ def test_missing_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     with pytest.raises(UserError, match="weights do not fit"):
         load_head(tmp_path)
+    config_path = tmp_path / "head_config.json"
+    config_path.write_text(config_path.read_text().replace('"concat"', '"sum"'))
+    with pytest.raises(UserError, match="head_config.json: not a valid head config .*fusion 'sum'"):
+        load_head(tmp_path)
