@@ -12,6 +12,7 @@ CLIP_LORA   ?= $(DEMO_DIR)/clip_lora.pt
 CACHE_DIR   ?= runs/cache
 RUN_DIR     ?= runs/head
 ABLATE_DIR  ?= runs/ablation
+ABLATE_FLAGS ?=
 E2E_DIR     ?= runs/e2e
 DEVICE      ?= auto
 NPROC       ?= 1
@@ -58,7 +59,7 @@ train-head: $(VENV)/.installed  ## stage two: train the fusion head on the cache
 	$(PY) -m pipeline train-head --cache-dir $(CACHE_DIR) --out $(RUN_DIR) --device $(DEVICE) $(HEAD_FLAGS)
 
 ablate: $(VENV)/.installed  ## stage two: modalities x fusion kinds x seeds on one cache
-	$(PY) -m pipeline ablate --cache-dir $(CACHE_DIR) --out $(ABLATE_DIR) --device $(DEVICE)
+	$(PY) -m pipeline ablate --cache-dir $(CACHE_DIR) --out $(ABLATE_DIR) --device $(DEVICE) $(ABLATE_FLAGS)
 
 finetune-e2e: $(VENV)/.installed  ## optional: fine-tune encoders + head end to end and export them
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \

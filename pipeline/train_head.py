@@ -34,9 +34,9 @@ EVAL_BATCH = 8192  # evaluation needs no gradients, so bigger batches are just f
 class TrainConfig:
     lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=1024, metadata={"help": "rows per optimiser step"})
+    batch_size: int = field(default=256, metadata={"help": "rows per optimiser step"})
     max_epochs: int = field(default=30, metadata={"help": "stop after this many epochs even if still improving"})
-    patience: int = field(default=2, metadata={
+    patience: int = field(default=4, metadata={
         "help": "stop after this many epochs without a better validation metric"})
     metric: str = field(default="f1_macro", metadata={
         "help": f"validation metric for early stopping: {', '.join(STOP_METRICS)} (loss: lower is better)"})
