@@ -13,8 +13,6 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPConfig, CLIPModel
 
-from pipeline import cache
-
 WORDS = "the a photo of city council scientists shocking news you won't believe cat dog man woman car".split()
 
 
@@ -126,7 +124,9 @@ def with_flag(args, flag, value):
 
 
 def load_all(cache_dir, splits=("train", "val", "test")):
-    return {s: cache.load_split(cache_dir, s) for s in splits}
+    from pipeline.cache import load_split  # here, not at the top: conftest's imports are shared with stage two's
+
+    return {s: load_split(cache_dir, s) for s in splits}
 
 
 def assert_same_cache(a, b, exact=False):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from conftest import assert_same_cache, embed_flags, load_all, make_dataset
 from pipeline import cache
@@ -28,7 +29,10 @@ PAUSING_RUN = r"""
 import json, os, runpy, sys, time
 from pathlib import Path
 
+import torch
+
 point, marker = os.environ["PAUSE_AT"], Path(os.environ["PAUSE_MARKER"])
+torch.set_num_threads(int(os.environ["TORCH_THREADS"]))  # as in the test process: the values must match exactly
 
 
 def pause():
@@ -100,7 +104,8 @@ def paused(flags, tmp_path_factory):
     root = tmp_path_factory.mktemp("paused")
     runs = {}
     for point in POINTS:
-        env = {**os.environ, "PAUSE_AT": point, "PAUSE_MARKER": str(root / f"{point}.paused")}
+        env = {**os.environ, "PAUSE_AT": point, "PAUSE_MARKER": str(root / f"{point}.paused"),
+               "TORCH_THREADS": str(torch.get_num_threads())}
         with open(root / f"{point}.log", "w") as log:
             process = subprocess.Popen([sys.executable, "-c", PAUSING_RUN, *flags(root / point)], cwd=REPO, env=env,
                                        stdout=log, stderr=subprocess.STDOUT)
