@@ -63,8 +63,8 @@ def transparent(mode):
     return save_bytes(image.convert(mode), "PNG")
 
 
-# name -> bytes, for the files that must be embedded.
 def embeddable_files():
+    """File name -> bytes, for the files that must be embedded (modes and orientation: see test_images.py)."""
     noise = rgb_noise((48, 36), seed=3)
     sixteen = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).astype(np.uint16)
     return {
