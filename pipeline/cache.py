@@ -10,12 +10,15 @@ Layout::
 A part covers a fixed range of input rows and carries the rows of that range it
 skipped in its own metadata, so a part on disk is a complete, self-describing
 unit: resuming means skipping the parts that exist. Parts are written to a temp
-file and renamed, so a crash never leaves half a part under the real name.
+file and renamed, so a crash never leaves half a part under the real name; a
+write that fails (disk full) removes its temp file and raises `UserError`.
 """
 
+import errno
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
 EMBEDDING_COLUMNS = ("text_emb", "image_emb")
 _SKIPPED_KEY = b"pipeline.skipped"
+_COUNTS_KEY = b"pipeline.counts"  # per-part tallies (e.g. truncated_titles) that finalize sums per split
 _DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
@@ -65,24 +69,51 @@ def _embedding_array(matrix, dtype):
     return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])
 
 
-def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32"):
-    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts."""
+def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None):
+    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}."""
     table = pa.table({
         "id": pa.array(list(ids), type=pa.string()),
         "label": pa.array(np.asarray(labels, dtype=np.int8), type=pa.int8()),
         "text_emb": _embedding_array(text_emb, dtype),
         "image_emb": _embedding_array(image_emb, dtype),
     })
-    table = table.replace_schema_metadata({_SKIPPED_KEY: json.dumps(skipped).encode()})
+    table = table.replace_schema_metadata({
+        _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
+    })
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
+    tmp = _temp_name(path)
+    with _writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            _fsync(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _temp_name(path):
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_temp_files(cache_dir):
+    """Temp files a killed run left behind (call with the cache lock held)."""
+    cache_dir = Path(cache_dir)
+    for tmp in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("*/.part-*.tmp")]:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _writing(path):
+    """A failed write (disk full, no permission) as a clear error naming the file."""
+    try:
+        yield
+    except OSError as error:  # pyarrow's IO errors are OSErrors too
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        raise UserError(
+            f"{path}: could not write the cache ({'disk full: ' if full else ''}{error}); "
+            "free space (or fix the folder) and rerun the same command: finished parts are kept"
+        ) from None
 
 
 def _fsync(path):
@@ -92,10 +123,14 @@ def _fsync(path):
 
 def write_json_atomic(path, payload):
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    _fsync(tmp)
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    with _writing(path):
+        try:
+            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+            _fsync(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def file_sha256(path):
@@ -106,9 +141,22 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def read_part_skipped(path):
-    metadata = pq.read_schema(path).metadata or {}
-    return json.loads(metadata.get(_SKIPPED_KEY, b"[]"))
+def _read_part_notes(path):
+    """(labels, skipped list, counts dict) of a part, or a clear error for an unreadable part."""
+    try:
+        notes = pq.read_schema(path).metadata or {}
+        labels = pq.read_table(path, columns=["label"]).column("label").to_numpy()
+        return labels, json.loads(notes.get(_SKIPPED_KEY, b"[]")), json.loads(notes.get(_COUNTS_KEY, b"{}"))
+    except (OSError, ValueError, pa.ArrowException) as error:
+        raise UserError(
+            f"{path}: unreadable cache part ({error}); delete that file and rerun the same command to embed it again"
+        ) from None
+
+
+def missing_parts(cache_dir, manifest):
+    """Part files the manifest lists that are not on disk."""
+    return [Path(cache_dir) / split / part["file"] for split, info in manifest["splits"].items()
+            for part in info["parts"] if not (Path(cache_dir) / split / part["file"]).is_file()]
 
 
 def read_manifest(cache_dir):
@@ -154,6 +202,8 @@ def load_split(cache_dir, split, verify=True):
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
+        if not path.is_file():
+            raise UserError(f"{path}: part listed in the manifest is missing; rerun the embed command to rebuild it")
         if verify and file_sha256(path) != part["sha256"]:
             raise UserError(f"{path}: checksum differs from the manifest (corrupt or changed); re-embed the cache")
         table = _read_part(path)
@@ -188,22 +238,30 @@ def _matrix(column, dim, path, name):
     return np.concatenate(values).reshape(-1, dim)
 
 
-def finalize(cache_dir, splits, fingerprint, inputs, dims, config):
+def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None):
     """Write skipped.tsv and, last, the manifest that marks the cache complete.
 
     `splits` maps split name -> number of input rows read. Checks that every
     input row is accounted for: embedded in a part or listed as skipped.
+    Per split the manifest also has `class_counts` (embedded rows per class),
+    the parts' summed counts, and whatever `split_notes[split]` adds.
     """
     cache_dir = Path(cache_dir)
+    classes = {"0": "fake", "1": "real"}
     manifest_splits, skipped_lines = {}, ["split\tid\treason"]
     for split, rows_read in splits.items():
-        parts, embedded, reasons = [], 0, {}
+        parts, embedded, reasons, counts = [], 0, {}, {}
+        class_counts = dict.fromkeys(classes.values(), 0)
         for index in sorted(existing_parts(cache_dir, split)):
             path = part_path(cache_dir, split, index)
-            rows = pq.read_metadata(path).num_rows
-            parts.append({"file": path.name, "rows": rows, "sha256": file_sha256(path)})
-            embedded += rows
-            for row in read_part_skipped(path):
+            labels, part_skipped, part_counts = _read_part_notes(path)
+            parts.append({"file": path.name, "rows": len(labels), "sha256": file_sha256(path)})
+            embedded += len(labels)
+            for label, count in zip(*np.unique(labels, return_counts=True)):
+                class_counts[classes[str(label)]] += int(count)
+            for name, count in part_counts.items():
+                counts[name] = counts.get(name, 0) + count
+            for row in part_skipped:
                 reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
                 skipped_lines.append(f"{split}\t{row['id']}\t{row['reason']}")
         skipped = sum(reasons.values())
@@ -212,11 +270,13 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config):
         manifest_splits[split] = {
             "rows_read": rows_read, "rows_embedded": embedded,
             "rows_skipped": skipped, "skipped_by_reason": reasons, "parts": parts,
+            "class_counts": class_counts, **counts, **(split_notes or {}).get(split, {}),
         }
-    (cache_dir / SKIPPED_NAME).write_text("\n".join(skipped_lines) + "\n")
+    with _writing(cache_dir / SKIPPED_NAME):
+        (cache_dir / SKIPPED_NAME).write_text("\n".join(skipped_lines) + "\n")
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
-        "dims": dims, "classes": {"0": "fake", "1": "real"}, "splits": manifest_splits,
+        "dims": dims, "classes": classes, "splits": manifest_splits,
         "config": config,
     }
     write_json_atomic(cache_dir / MANIFEST_NAME, manifest)

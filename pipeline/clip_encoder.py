@@ -10,7 +10,7 @@ from torch import nn
 from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from pipeline.errors import UserError
-from pipeline.model_files import read_config
+from pipeline.model_files import read_config, refusing_pickled_code
 
 EMBEDDINGS = ("projected", "pooled")
 
@@ -44,10 +44,12 @@ def load_image_encoder(folder, embedding="projected"):
     if model_type == "clip":
         # Loading CLIPVisionModelWithProjection from a CLIPModel folder re-initialises the
         # projection (transformers 5), so load the whole model and keep its vision half.
-        clip = CLIPModel.from_pretrained(folder, trust_remote_code=False)
+        with refusing_pickled_code(folder, "--clip-model"):
+            clip = CLIPModel.from_pretrained(folder, trust_remote_code=False)
         vision, projection = clip.vision_model, clip.visual_projection
     elif model_type == "clip_vision_model":
-        vision, projection = _load_vision_only(folder)
+        with refusing_pickled_code(folder, "--clip-model"):
+            vision, projection = _load_vision_only(folder)
     else:
         raise UserError(
             f"--clip-model {folder}: model_type {model_type!r} is not CLIP; "

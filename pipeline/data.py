@@ -5,10 +5,17 @@ Text is `clean_title`, falling back to `title`; the label is `2_way_label`
 (1 = real, 0 = fake); the image is `local_image_path` relative to the image
 root or, when that column is absent (Fakeddit's own `multimodal_*.tsv`), a
 pattern such as `{id}.jpg`.
+
+Rows are read with Python's csv module (tab-separated, fields quoted the way
+`pandas.to_csv` writes them) so that every problem can name its line: a row
+with more or fewer fields than the header, a quote that runs over several
+lines, a field that is not properly quoted. Blank lines are skipped, a BOM and
+CRLF line endings are accepted, and bytes that are not UTF-8 are replaced with
+U+FFFD and counted (`non_utf8_rows`).
 """
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +28,7 @@ LABEL_COLUMN = "2_way_label"
 TEXT_COLUMNS = ("clean_title", "title")
 IMAGE_COLUMN = "local_image_path"
 SPLIT_FILE_NAMES = ("{split}_filtered.tsv", "{split}.tsv")
+_USED_COLUMNS = (LABEL_COLUMN, *TEXT_COLUMNS, IMAGE_COLUMN, "id")
 _MAX_ROWS_LISTED = 5
 
 
@@ -35,9 +43,14 @@ class SplitRows:
     labels: np.ndarray  # (N,) int8
     image_paths: list  # str, relative to the image root
     duplicate_ids: int  # ids seen before in this split with the same label
+    lines: list = None  # line number of each row in the file (header = line 1)
+    non_utf8_rows: int = 0  # rows whose bytes were not UTF-8 (replaced with U+FFFD)
 
     def __len__(self):
         return len(self.ids)
+
+    def line(self, row):
+        return self.lines[row] if self.lines is not None else row + 2
 
 
 def find_split_file(data_dir, split):
@@ -54,54 +67,110 @@ def find_split_file(data_dir, split):
 
 def read_split(data_dir, split, image_pattern="{id}.jpg"):
     path = find_split_file(data_dir, split)
-    frame = _read_tsv(path)
-    _check_columns(frame, path, image_pattern)
-    if frame.empty:
+    table = _read_tsv(path)
+    _check_columns(table.header, path, image_pattern)
+    if not table.lines:
         raise UserError(f"{path}: the split file has a header but no rows; add rows or leave {split!r} out of --splits")
-    labels = parse_labels(frame[LABEL_COLUMN], path)
+    frame = pd.DataFrame(table.columns, dtype=object)
+    labels = parse_labels(frame[LABEL_COLUMN], path, table.lines)
     ids = _row_ids(frame, split)
-    duplicates = _check_duplicate_ids(ids, labels, path)
+    duplicates = _check_duplicate_ids(ids, labels, path, table.lines)
     return SplitRows(
         split=split, path=path, ids=ids, texts=_titles(frame), labels=labels,
         image_paths=_image_paths(frame, ids, image_pattern, path), duplicate_ids=duplicates,
+        lines=table.lines, non_utf8_rows=table.non_utf8_rows,
     )
 
 
+@dataclass
+class _Table:
+    header: list  # every column name, as written
+    columns: dict = field(default_factory=dict)  # name -> list of str, only the columns we use
+    lines: list = field(default_factory=list)  # line number of each row
+    non_utf8_rows: int = 0
+
+
 def _read_tsv(path):
-    try:
-        # Everything as text: ids like "1e3" or "nan" must stay strings, labels are parsed below.
-        return pd.read_csv(
-            path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8",
-            encoding_errors="replace", quoting=csv.QUOTE_MINIMAL, engine="c",
-        )
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: the file is empty; it needs a header row and data rows") from None
-    except pd.errors.ParserError as error:
-        raise UserError(f"{path}: not a valid tab-separated file ({error}); fix that line") from None
+    """The columns we use, row by row, refusing any line that does not fit the header."""
+    # surrogateescape keeps a bad byte visible (as a lone surrogate) so the row can be counted and repaired.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, strict=True)
+        line = 1
+        try:
+            header = next((fields for fields in reader if _has_text(fields)), None)
+            if header is None:
+                raise UserError(f"{path}: the file is empty; it needs a header row and data rows")
+            header = [name.strip() for name in _replace_bad_bytes(header)[0]]
+            table = _Table(header=header)
+            wanted = [header.index(name) for name in _USED_COLUMNS if name in header]
+            columns = [table.columns.setdefault(header[index], []) for index in wanted]
+            line = reader.line_num + 1
+            for fields in reader:
+                start, end, line = line, reader.line_num, reader.line_num + 1
+                if not _has_text(fields):
+                    continue  # a blank line
+                if end != start:
+                    raise UserError(
+                        f"{path}: line {start}: a quoted field runs on to line {end}; a field that starts with "
+                        "a double quote must end with one (inner quotes doubled, as pandas.to_csv writes them)"
+                    )
+                if len(fields) != len(header):
+                    hint = "a tab inside a title? quote the field or remove the tab" if len(fields) > len(header) \
+                        else "a missing field?"
+                    raise UserError(f"{path}: line {start} has {len(fields)} fields, the header has {len(header)} ({hint})")
+                values = [fields[index] for index in wanted]
+                if not "".join(values).isascii():
+                    values, repaired = _replace_bad_bytes(values)
+                    table.non_utf8_rows += repaired
+                for column, value in zip(columns, values):
+                    column.append(value)
+                table.lines.append(start)
+        except csv.Error as error:
+            raise UserError(
+                f"{path}: line {line}: not valid tab-separated text ({error}); a field that starts with a double "
+                "quote must be quoted as a whole (inner quotes doubled, as pandas.to_csv writes them); fix that line"
+            ) from None
+    return table
 
 
-def _check_columns(frame, path, image_pattern):
-    frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
+def _has_text(fields):
+    return any(value.strip() for value in fields)
+
+
+def _replace_bad_bytes(values):
+    """(values with undecodable bytes replaced by U+FFFD, whether any were)."""
+    repaired = []
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        repaired.append(value)
+    return repaired, repaired != values
+
+
+def _check_columns(header, path, image_pattern):
     missing = []
-    if LABEL_COLUMN not in frame.columns:
+    if LABEL_COLUMN not in header:
         missing.append(LABEL_COLUMN)
-    if not any(c in frame.columns for c in TEXT_COLUMNS):
+    if not any(c in header for c in TEXT_COLUMNS):
         missing.append(" or ".join(TEXT_COLUMNS))
-    if IMAGE_COLUMN not in frame.columns and "{id}" in image_pattern and "id" not in frame.columns:
+    if IMAGE_COLUMN not in header and "{id}" in image_pattern and "id" not in header:
         missing.append(f"{IMAGE_COLUMN} (or id, for --image-pattern {image_pattern!r})")
     if missing:
         raise UserError(
-            f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(frame.columns)}; "
+            f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header)}; "
             f"expected: {LABEL_COLUMN}, clean_title (or title), {IMAGE_COLUMN} (or id)"
         )
 
 
-def parse_labels(column, path):
-    """Labels as int8 0/1; `1.0` and ` 1 ` are accepted, anything else is named by row."""
+def parse_labels(column, path, lines=None):
+    """Labels as int8 0/1; `1.0` and ` 1 ` are accepted, anything else is named by line."""
     numbers = pd.to_numeric(column.str.strip(), errors="coerce")
     bad = ~numbers.isin([0, 1])
     if bad.any():
-        rows = [f"line {i + 2}: {column.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())[:_MAX_ROWS_LISTED]]
+        line = (lambda i: lines[i]) if lines is not None else (lambda i: i + 2)
+        rows = [f"line {line(i)}: {column.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())[:_MAX_ROWS_LISTED]]
         raise UserError(
             f"{path}: column {LABEL_COLUMN} must be 0 (fake) or 1 (real); "
             f"{int(bad.sum())} row(s) are not, e.g. {'; '.join(rows)}; fix or remove them"
@@ -115,7 +184,7 @@ def _row_ids(frame, split):
     return [f"{split}-{i}" for i in range(len(frame))]  # stable: file order
 
 
-def _check_duplicate_ids(ids, labels, path):
+def _check_duplicate_ids(ids, labels, path, lines):
     first_seen, duplicates = {}, 0
     for row, (key, label) in enumerate(zip(ids, labels)):
         if key not in first_seen:
@@ -124,8 +193,8 @@ def _check_duplicate_ids(ids, labels, path):
         first_row, first_label = first_seen[key]
         if first_label != label:
             raise UserError(
-                f"{path}: id {key!r} appears on line {first_row + 2} with label {first_label} "
-                f"and on line {row + 2} with label {label}; keep one of them"
+                f"{path}: id {key!r} appears on line {lines[first_row]} with label {first_label} "
+                f"and on line {lines[row]} with label {label}; keep one of them"
             )
         duplicates += 1
     return duplicates

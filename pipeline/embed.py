@@ -3,7 +3,8 @@
 Resumable (parts that exist are kept), fingerprinted (a cache built from other
 models, checkpoints, settings or data is never reused), streaming (one part in
 memory at a time) and accountable (every input row ends up embedded or listed
-in skipped.tsv with its reason).
+in skipped.tsv with its reason; the manifest also counts, per split, each class,
+titles cut at --max-length, placeholder images, duplicate ids and repaired bytes).
 """
 
 import fcntl
@@ -27,10 +28,13 @@ from pipeline.errors import UserError
 from pipeline.fingerprint import combine, differences, path_sha256
 from pipeline.images import DEFAULT_MAX_PIXELS, ImageSettings, normalize_pixels
 from pipeline.model import build_encoders
-from pipeline.text_encoder import POOLINGS, load_tokenizer
+from pipeline.placeholders import find_placeholders
+from pipeline.text_encoder import POOLINGS, check_max_length, load_tokenizer
 from pipeline.clip_encoder import EMBEDDINGS
 
 BAD_IMAGE_POLICIES = ("skip", "fail")
+PLACEHOLDER_POLICIES = ("embed", "skip")
+SPLIT_NOTES = ("placeholder_rows", "truncated_titles", "duplicate_ids", "non_utf8_rows")  # manifest keys per split
 STALE_POLICIES = ("rebuild", "refuse")
 CACHE_DTYPES = ("float32", "float16")
 
@@ -64,13 +68,18 @@ class EmbedConfig:
     cache_dtype: str = _help(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
     max_pixels: int = _help("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
     draft: bool = _help("let JPEGs decode at reduced scale when much larger than needed", default=True)
+    on_placeholder: str = _help(
+        f"rows whose image is a placeholder (a small file shared byte for byte by many rows): "
+        f"{', '.join(PLACEHOLDER_POLICIES)}; either way they are counted", default="embed")
+    placeholder_max_bytes: int = _help("image files up to this size are checked for placeholders (0 = never)", default=16384)
+    placeholder_min_rows: int = _help("rows that must share one small image file for it to be a placeholder", default=20)
 
     def __post_init__(self):
         problems = []
         for name, value, choices in (
             ("pooling", self.pooling, POOLINGS), ("clip_embedding", self.clip_embedding, EMBEDDINGS),
             ("on_bad_image", self.on_bad_image, BAD_IMAGE_POLICIES), ("on_stale", self.on_stale, STALE_POLICIES),
-            ("cache_dtype", self.cache_dtype, CACHE_DTYPES),
+            ("cache_dtype", self.cache_dtype, CACHE_DTYPES), ("on_placeholder", self.on_placeholder, PLACEHOLDER_POLICIES),
         ):
             if value not in choices:
                 problems.append(f"--{name.replace('_', '-')} {value!r} needs to be one of: {', '.join(choices)}")
@@ -79,6 +88,10 @@ class EmbedConfig:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
         if self.num_workers < 0:
             problems.append("--num-workers must be 0 or more")
+        if self.placeholder_max_bytes < 0:
+            problems.append("--placeholder-max-bytes must be 0 or more")
+        if self.placeholder_min_rows < 2:
+            problems.append("--placeholder-min-rows must be at least 2")
         if not self.splits:
             problems.append("--splits needs at least one split name")
         for name in ("data_dir", "text_model", "clip_model"):
@@ -97,6 +110,7 @@ class EmbedConfig:
 def run_embed(config, rank=0, world_size=1, log=print):
     """Build (or resume, or reuse) the cache; returns the manifest."""
     splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
+    check_max_length(config.text_model, config.max_length)  # before hours of work, not at the first long title
     image_settings = ImageSettings.from_model_folder(
         config.clip_model, max_pixels=config.max_pixels, draft=config.draft,
     )
@@ -106,10 +120,14 @@ def run_embed(config, rank=0, world_size=1, log=print):
     cache_dir = Path(config.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with cache_lock(cache_dir):
-        if _prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log) == "complete":
+        state = _prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
+        if state == "complete":
             manifest = cache.read_manifest(cache_dir)
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
             return manifest
+        placeholders = find_placeholders(
+            config.resolved_image_root, splits, config.placeholder_max_bytes, config.placeholder_min_rows,
+        )
         device = resolve_device(config.device)
         model, lora_summary = build_encoders(
             config.text_model, config.clip_model, config.clip_lora, config.lora_alpha,
@@ -117,15 +135,20 @@ def run_embed(config, rank=0, world_size=1, log=print):
         )
         model.to(device).eval()
         tokenizer = load_tokenizer(config.text_model)
+        if state == "fresh":
+            _start_fresh(cache_dir, fingerprint, inputs)
         timings = {}
         for name, rows in splits.items():
             started = time.perf_counter()
-            embedded = embed_split(model, tokenizer, rows, config, image_settings, device, rank, world_size)
+            skip_rows = dict.fromkeys(placeholders.rows[name], "placeholder_image") if config.on_placeholder == "skip" else {}
+            embedded = embed_split(model, tokenizer, rows, config, image_settings, device, rank, world_size, skip_rows)
             seconds = time.perf_counter() - started
             timings[name] = {"seconds": round(seconds, 3), "rows_per_s": round(embedded / seconds, 1) if seconds else None}
         manifest = cache.finalize(
             cache_dir, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
-            dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, splits),
+            dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
+            split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
+                                "non_utf8_rows": rows.non_utf8_rows} for name, rows in splits.items()},
         )
     log(summary(manifest))
     return manifest
@@ -146,6 +169,10 @@ def fingerprint_inputs(config, splits, image_settings):
         "image": {**asdict(image_settings), "embedding": config.clip_embedding},
         "part_rows": config.part_rows,
         "cache_dtype": config.cache_dtype,
+        # The thresholds change the cache only when placeholders are skipped; otherwise only the counts.
+        "placeholders": {"on_placeholder": config.on_placeholder, **({
+            "max_bytes": config.placeholder_max_bytes, "min_rows": config.placeholder_min_rows,
+        } if config.on_placeholder == "skip" else {})},
     }
 
 
@@ -163,11 +190,20 @@ def cache_lock(cache_dir):
 
 
 def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
-    """'complete', 'resume' or 'fresh'; clears a stale cache (or refuses to)."""
-    state_path = cache_dir / cache.FINGERPRINT_NAME
-    old = _read_json(state_path)
+    """'complete', 'resume' or 'fresh' (or refuses a stale cache). A fresh cache is cleared later, by
+    `_start_fresh` once the models have loaded, so that a refused model or checkpoint deletes nothing."""
+    cache.remove_temp_files(cache_dir)  # from a run that was killed
+    old = _read_json(cache_dir / cache.FINGERPRINT_NAME)
     if old is not None and old.get("fingerprint") == fingerprint:
-        return "complete" if (cache_dir / cache.MANIFEST_NAME).is_file() else "resume"
+        manifest = _read_json(cache_dir / cache.MANIFEST_NAME)
+        if manifest is None:
+            return "resume"
+        missing = cache.missing_parts(cache_dir, manifest)
+        if not missing:
+            return "complete"
+        log(f"cache {cache_dir}: {len(missing)} part(s) in the manifest are gone (e.g. {missing[0]}); embedding them again")
+        (cache_dir / cache.MANIFEST_NAME).unlink()
+        return "resume"
     if old is not None:
         changed = ", ".join(differences(old.get("inputs", {}), inputs)) or "unknown"
         if on_stale == "refuse":
@@ -176,9 +212,12 @@ def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
                 "use another --cache-dir or --on-stale rebuild"
             )
         log(f"cache {cache_dir} was built from other inputs (changed: {changed}); rebuilding it")
-    _clear(cache_dir)
-    cache.write_json_atomic(state_path, {"fingerprint": fingerprint, "inputs": inputs})
     return "fresh"
+
+
+def _start_fresh(cache_dir, fingerprint, inputs):
+    _clear(cache_dir)
+    cache.write_json_atomic(cache_dir / cache.FINGERPRINT_NAME, {"fingerprint": fingerprint, "inputs": inputs})
 
 
 def _read_json(path):
@@ -196,23 +235,30 @@ def _clear(cache_dir):
             shutil.rmtree(child)
 
 
-def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1):
-    """Embed the parts of one split that this rank owns and that are not on disk yet."""
-    parts = PartWriter(rows, config, model.dims)
+def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1, skip_rows=None):
+    """Embed the parts of one split that this rank owns and that are not on disk yet.
+
+    `skip_rows` maps row -> reason for rows left out before loading (placeholders).
+    """
+    parts = PartWriter(rows, config, model.dims, skip_rows)
     pending = [p for p in parts.pending() if p % world_size == rank]
     collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size)
     dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings)
     batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, config.batch_size)
     loader = make_loader(dataset, collate, batches, config.num_workers, pin_memory=device.type == "cuda")
-    for part in pending:  # rows skipped before loading (empty titles) may complete a part
-        parts.maybe_write(part)
     total = sum(parts.size(p) for p in pending)
     embedded = 0
-    with tqdm(total=total, desc=f"embed {rows.split}", unit="rows", disable=rank != 0) as bar:
-        with torch.inference_mode(), autocast(device):
-            for batch in loader:
-                embedded += _embed_batch(model, batch, rows, config, image_settings, device, parts)
-                bar.update(len(batch.rows))
+    try:
+        for part in pending:  # rows skipped before loading (empty titles) may complete a part
+            parts.maybe_write(part)
+        with tqdm(total=total, desc=f"embed {rows.split}", unit="rows", disable=rank != 0) as bar:
+            with torch.inference_mode(), autocast(device):
+                for batch in loader:
+                    embedded += _embed_batch(model, batch, rows, config, image_settings, device, parts)
+                    bar.update(len(batch.rows))
+    except BaseException:
+        parts.abort()
+        raise
     parts.close()
     return embedded
 
@@ -221,7 +267,7 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
     for row, reason in batch.bad:
         if config.on_bad_image == "fail":
             raise UserError(
-                f"{rows.path}: line {row + 2}, column local_image_path {rows.image_paths[row]!r}: "
+                f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
                 f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip"
             )
         parts.skip(row, reason)
@@ -232,21 +278,24 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
     inputs["pixel_values"] = normalize_pixels(pixels, image_settings)
     vectors = model.encode(inputs)
     good_rows = [batch.rows[i] for i in batch.good]
-    parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy())
+    parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy(),
+              truncated=batch.truncated)
     return len(good_rows)
 
 
 class PartWriter:
     """Gathers results per part and writes a part (in a background thread) once all its rows are in."""
 
-    def __init__(self, rows, config, dims):
+    def __init__(self, rows, config, dims, skip_rows=None):
         self.rows = rows
+        self.skip_rows = skip_rows or {}
         self.dims = dims
         self.config = config
         self.part_rows = config.part_rows
         self.count = -(-len(rows) // self.part_rows)
         self.done = cache.existing_parts(config.cache_dir, rows.split)
         self.results = {}  # part -> {row: (text_vec, image_vec) or reason}
+        self.truncated = {}  # part -> titles cut at max_length
         self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
         self.futures = []
 
@@ -262,17 +311,20 @@ class PartWriter:
     def embeddable_rows(self, part):
         rows = []
         for row in self.range(part):
-            if self.rows.texts[row]:
-                rows.append(row)
+            reason = self.skip_rows.get(row) if self.rows.texts[row] else "empty_title"
+            if reason:
+                self.results.setdefault(part, {})[row] = reason
             else:
-                self.results.setdefault(part, {})[row] = "empty_title"
+                rows.append(row)
         return rows
 
     def skip(self, row, reason):
         self.results.setdefault(row // self.part_rows, {})[row] = reason
         self.maybe_write(row // self.part_rows)
 
-    def add(self, rows, text, image):
+    def add(self, rows, text, image, truncated=()):
+        for row in truncated:
+            self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
         touched = set()
         for i, row in enumerate(rows):
             self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i])
@@ -286,9 +338,10 @@ class PartWriter:
             return
         del self.results[part]
         self._check_writer()
-        self.futures.append(self.writer.submit(self._write, part, results))
+        counts = {"truncated_titles": self.truncated.pop(part, 0)}
+        self.futures.append(self.writer.submit(self._write, part, results, counts))
 
-    def _write(self, part, results):
+    def _write(self, part, results, counts):
         ids, labels, text, image, skipped = [], [], [], [], []
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
@@ -303,13 +356,18 @@ class PartWriter:
             cache.part_path(self.config.cache_dir, self.rows.split, part), ids, labels,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
-            skipped, dtype=self.config.cache_dtype,
+            skipped, dtype=self.config.cache_dtype, counts=counts,
         )
 
     def _check_writer(self):
         for future in [f for f in self.futures if f.done()]:
             future.result()  # re-raise a failed write here, not at the end
             self.futures.remove(future)
+
+    def abort(self):
+        """After an error: finish the write in progress, drop the queued ones (a rerun redoes them),
+        so that no write outlives the cache lock."""
+        self.writer.shutdown(wait=True, cancel_futures=True)
 
     def close(self):
         self.writer.shutdown(wait=True)
@@ -319,7 +377,7 @@ class PartWriter:
             raise RuntimeError(f"{self.rows.split}: parts {sorted(self.results)} never completed")
 
 
-def _manifest_config(config, lora_summary, device, timings, splits):
+def _manifest_config(config, lora_summary, device, timings, placeholders):
     import transformers
 
     return {
@@ -327,15 +385,25 @@ def _manifest_config(config, lora_summary, device, timings, splits):
         "clip_lora": lora_summary,
         "device": str(device),
         "timings": timings,
-        "duplicate_ids": {name: rows.duplicate_ids for name, rows in splits.items()},
+        "placeholder_files": placeholders.files,  # the most shared ones
         "versions": {"pipeline": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 
 def summary(manifest):
-    """Per split: rows read, embedded, skipped by reason."""
-    lines = [f"{'split':<8} {'read':>8} {'embedded':>9} {'skipped':>8}  reasons"]
+    """Per split: rows read, embedded, skipped by reason, embedded rows per class, and data notes."""
+    lines = [f"{'split':<8} {'read':>8} {'embedded':>9} {'skipped':>8} {'fake':>8} {'real':>8}  skipped by reason; notes"]
+    warnings = []
     for name, info in manifest["splits"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(info["skipped_by_reason"].items())) or "-"
-        lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_embedded']:>9} {info['rows_skipped']:>8}  {reasons}")
-    return "\n".join(lines)
+        notes = "".join(f"; {key}={info[key]}" for key in SPLIT_NOTES if info.get(key))
+        classes = info.get("class_counts", {})
+        lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_embedded']:>9} {info['rows_skipped']:>8} "
+                     f"{classes.get('fake', 0):>8} {classes.get('real', 0):>8}  {reasons}{notes}")
+        present = [label for label, count in classes.items() if count]
+        if not present:
+            warnings.append(f"warning: split {name!r} has no embedded rows")
+        elif len(present) == 1:
+            warnings.append(f"warning: split {name!r} has embedded rows of one class only ({present[0]}); "
+                            "a classifier cannot learn or be scored on it")
+    return "\n".join(lines + warnings)

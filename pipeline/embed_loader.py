@@ -5,7 +5,7 @@ within a part rows are ordered by title length so dynamic padding pads little.
 Results are put back in file order by row index before a part is written.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ class RowBatch:
     bad: list  # (row, reason) for the rest
     pixels: torch.Tensor  # (len(good), S, S, 3) uint8
     text: dict  # tokenizer output for the good rows, padded to the longest
+    truncated: list = field(default_factory=list)  # good rows whose title was cut at max_length tokens
 
     def pin_memory(self):
         self.pixels = self.pixels.pin_memory()
@@ -61,16 +62,20 @@ class Collate:
         rows = [row for row, _, _ in items]
         good = [i for i, (_, pixels, _) in enumerate(items) if pixels is not None]
         bad = [(row, reason) for row, pixels, reason in items if pixels is None]
+        truncated = []
         if good:
             pixels = torch.from_numpy(np.stack([items[i][1] for i in good]))
+            titles = [self.texts[rows[i]] for i in good]
             text = dict(self.tokenizer(
-                [self.texts[rows[i]] for i in good], padding="longest", truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                titles, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt",
             ))
+            # Tokenised again, uncut, only to count the cut ones: cheap next to decoding the images.
+            full = self.tokenizer(titles, truncation=False, return_attention_mask=False)["input_ids"]
+            truncated = [rows[i] for i, ids in zip(good, full) if len(ids) > self.max_length]
         else:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
             text = {}
-        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text)
+        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated)
 
 
 def plan_batches(rows_per_part, texts, batch_size):

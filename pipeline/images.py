@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
+_MAX_ASPECT = 64  # beyond this long/short ratio, resize only the part the centre crop keeps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -64,18 +65,30 @@ def resolve_inside(root, relative):
     root = Path(root).resolve()
     if not relative:
         raise BadImage("no_image_path")
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as error:  # name too long, symlink loop, NUL byte
+        raise BadImage("bad_path", f"{relative}: {error}") from None
     if not candidate.is_relative_to(root):
         raise BadImage("outside_image_root", str(relative))
     return candidate
 
 
-def load_image(root, relative, settings):
+def checked_file(root, relative):
+    """The image file's path inside `root`, or `BadImage` saying why there is none."""
     path = resolve_inside(root, relative)
-    if not path.exists():
-        raise BadImage("missing_file", str(relative))
-    if not path.is_file():
-        raise BadImage("not_a_file", str(relative))
+    try:
+        if not path.exists():
+            raise BadImage("missing_file", str(relative))
+        if not path.is_file():
+            raise BadImage("not_a_file", str(relative))
+    except OSError as error:  # e.g. a path component too long, or no permission to look
+        raise BadImage("bad_path", f"{relative}: {error}") from None
+    return path
+
+
+def load_image(root, relative, settings):
+    path = checked_file(root, relative)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -109,7 +122,7 @@ def _request_draft(image, size):
 
 
 def to_rgb(image):
-    """Any Pillow mode to RGB, as `Image.convert("RGB")` would, but 16-bit kept in range."""
+    """Any Pillow mode to RGB: 16-bit kept in range, transparency composited onto white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # convert("L") clips 16-bit values at 255 (a white image); scale them instead.
         values = np.asarray(image, dtype=np.float64)
@@ -117,8 +130,11 @@ def to_rgb(image):
         image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif image.mode == "F":
         image = image.convert("L")
-    elif image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # Pillow warns on P -> RGB with byte transparency
+    if "A" in image.getbands() or "transparency" in image.info:
+        # Transparent pixels become white, as CLIP's image processor composites them
+        # (a plain convert("RGB") would show whatever colour they happen to store).
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -128,10 +144,16 @@ def resize_and_crop(image, size):
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(size * long / short)
     new_size = (size, new_long) if width <= height else (new_long, size)
-    if new_size != image.size:
-        image = image.resize(new_size, Image.Resampling.BICUBIC)
     left = (new_size[0] - size) // 2
     top = (new_size[1] - size) // 2
+    if new_long > _MAX_ASPECT * size:
+        # A 1 x 100,000 strip would be resized to 224 x 22.4M pixels (15 GB) before the crop;
+        # resample only the source box that the crop keeps.
+        sx, sy = width / new_size[0], height / new_size[1]
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline.model_files import check_model_folder
+from pipeline.errors import UserError
+from pipeline.model_files import check_model_folder, read_config, read_json, refusing_pickled_code
 
 POOLINGS = ("cls", "mean")
 
@@ -26,7 +27,18 @@ def load_tokenizer(folder):
 
 def load_text_model(folder):
     check_model_folder(folder, "--text-model")
-    return AutoModel.from_pretrained(folder, trust_remote_code=False)
+    with refusing_pickled_code(folder, "--text-model"):
+        return AutoModel.from_pretrained(folder, trust_remote_code=False)
+
+
+def check_max_length(folder, max_length):
+    """Refuse a --max-length the model has no positions for: the first long title would crash the run."""
+    limits = [read_config(folder, "--text-model").get("max_position_embeddings"),
+              read_json(f"{folder}/tokenizer_config.json").get("model_max_length")]
+    limit = min((int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < 1e9), default=None)
+    if limit is not None and max_length > limit:
+        raise UserError(f"--max-length {max_length}: the text model {folder} takes at most {limit} tokens; "
+                        f"use --max-length {limit} or less")
 
 
 def pool(hidden, attention_mask, pooling):

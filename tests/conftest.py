@@ -31,7 +31,7 @@ def build_tiny_bert(folder):
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+                        intermediate_size=64, max_position_embeddings=128)  # = the default --max-length
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -105,12 +105,46 @@ def dataset(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
+def embed_flags(data_dir, text_model, clip_model, cache_dir):
+    """Flags for a small stage-one run; tests add or override."""
+    return ["embed", "--data-dir", str(data_dir), "--text-model", str(text_model), "--clip-model", str(clip_model),
+            "--cache-dir", str(cache_dir), "--batch-size", "4", "--num-workers", "0",
+            "--part-rows", "8", "--device", "cpu"]
+
+
 @pytest.fixture
 def embed_args(tiny_bert, tiny_clip, dataset, tmp_path):
-    """Flags for a small stage-one run; tests add or override."""
-    return ["embed", "--data-dir", str(dataset), "--text-model", str(tiny_bert), "--clip-model", str(tiny_clip),
-            "--cache-dir", str(tmp_path / "cache"), "--batch-size", "4", "--num-workers", "0",
-            "--part-rows", "8", "--device", "cpu"]
+    return embed_flags(dataset, tiny_bert, tiny_clip, tmp_path / "cache")
+
+
+def cache_dir_of(args):
+    return args[args.index("--cache-dir") + 1]
+
+
+def with_flag(args, flag, value):
+    args = list(args)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    return args
+
+
+def load_all(cache_dir, splits=("train", "val", "test")):
+    from pipeline.cache import load_split  # here, not at the top: conftest's imports are shared with stage two's
+
+    return {s: load_split(cache_dir, s) for s in splits}
+
+
+def assert_same_cache(a, b, exact=False):
+    """`exact`: value for value, as the same computation on the same CPU must give."""
+    same = np.array_equal if exact else (lambda x, y: np.allclose(x, y, atol=1e-6))
+    assert a.keys() == b.keys()
+    for split in a:
+        assert list(a[split].ids) == list(b[split].ids)
+        assert np.array_equal(a[split].labels, b[split].labels)
+        assert same(a[split].text_emb, b[split].text_emb)
+        assert same(a[split].image_emb, b[split].image_emb)
 
 
 def rgb_noise(size, seed=0):

@@ -6,38 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_split
+from conftest import assert_same_cache, cache_dir_of, load_all, with_flag, write_split
 from pipeline import cache
 from pipeline.__main__ import main
 from pipeline.data import read_split
 from pipeline.images import ImageSettings, load_image, normalize_pixels
 from pipeline.model import build_encoders
 from pipeline.text_encoder import load_tokenizer
-
-
-def cache_dir_of(args):
-    return args[args.index("--cache-dir") + 1]
-
-
-def with_flag(args, flag, value):
-    args = list(args)
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    return args
-
-
-def load_all(cache_dir, splits=("train", "val", "test")):
-    return {s: cache.load_split(cache_dir, s) for s in splits}
-
-
-def assert_same_cache(a, b):
-    for split in a:
-        assert list(a[split].ids) == list(b[split].ids)
-        assert np.array_equal(a[split].labels, b[split].labels)
-        assert np.allclose(a[split].text_emb, b[split].text_emb, atol=1e-6)
-        assert np.allclose(a[split].image_emb, b[split].image_emb, atol=1e-6)
 
 
 def test_each_row_equals_that_row_embedded_alone(embed_args, tiny_bert, tiny_clip, dataset):
