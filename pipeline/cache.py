@@ -217,6 +217,9 @@ def load_split(cache_dir, split, verify=True):
         start = stop
     if start != rows:
         raise UserError(f"{Path(cache_dir) / split}: parts hold {start} rows, the manifest {rows}; re-embed the cache")
+    # Arrow's allocator keeps the freed part buffers for reuse; hand them back so that
+    # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
+    pa.default_memory_pool().release_unused()
     return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image)
 
 

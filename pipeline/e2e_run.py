@@ -6,6 +6,7 @@ export/ (see pipeline.export).
 """
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,8 +81,14 @@ class FinetuneConfig:
 
 
 def run_finetune(data, config, log=print):
-    """`data` is stage one's EmbedConfig (data and model flags); returns the run folder."""
+    """`data` is stage one's EmbedConfig (data and model flags); returns the run folder.
+
+    Under torchrun the Trainer runs DDP (gloo on CPU, NCCL on CUDA); every rank
+    evaluates its share, and rank 0 alone writes the run folder and the exports.
+    """
     out = Path(config.out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        log = lambda *_: None  # noqa: E731 - one rank speaks
     set_seed(config.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
@@ -96,10 +103,13 @@ def run_finetune(data, config, log=print):
         compute_metrics=metrics_from_logits, callbacks=[early_stopping(config.patience)],
         class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
     )
-    trainer.train(resume_from_checkpoint=_checkpoint_to_resume(out, config.resume, log))
+    if trainer.is_world_process_zero():
+        _tidy_checkpoints(out / "checkpoints", config.resume, log)
+    trainer.accelerator.wait_for_everyone()  # no rank looks for a checkpoint rank 0 is removing
+    trainer.train(resume_from_checkpoint=_newest_checkpoint(out / "checkpoints") if config.resume else None)
+    run = _evaluate(trainer, splits, datasets, weights)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
-    run = _evaluate(trainer, splits, datasets, weights)
     resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
                 "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
     write_run(out, run, resolved)
@@ -162,22 +172,32 @@ def _training_arguments(config, data, out, device):
     )
 
 
-def _checkpoint_to_resume(out, resume, log):
-    """The newest complete checkpoint with --resume; without it, a fresh start (old checkpoints removed)."""
-    folder = out / "checkpoints"
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: -int(p.name.split("-")[-1])) if folder.is_dir() else []
+def _tidy_checkpoints(folder, resume, log):
+    """With --resume, drop checkpoints cut short by a kill; without it, start afresh."""
+    checkpoints = _checkpoints(folder)
     if not resume:
         if checkpoints:
             log(f"{folder}: starting afresh and removing old checkpoints (pass --resume to continue them)")
             shutil.rmtree(folder)
-        return None
+        return
     for checkpoint in checkpoints:
         if _is_complete(checkpoint):
-            return str(checkpoint)
+            return
         # The Trainer writes trainer_state.json last: without it the process died mid-save.
         log(f"{checkpoint}: incomplete (interrupted while saving); removing it")
         shutil.rmtree(checkpoint)
     raise UserError(f"--resume: no complete checkpoint in {folder}; run once without --resume")
+
+
+def _checkpoints(folder):
+    """Checkpoint folders, newest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("checkpoint-*"), key=lambda path: -int(path.name.split("-")[-1]))
+
+
+def _newest_checkpoint(folder):
+    return str(_checkpoints(folder)[0])
 
 
 def _is_complete(checkpoint):
@@ -195,6 +215,9 @@ def _evaluate(trainer, splits, datasets, weights):
         output = trainer.predict(datasets[name])
         logits = torch.as_tensor(output.predictions).float()
         target = torch.as_tensor(output.label_ids).long()
+        expected = splits[name].labels[datasets[name].keep]
+        if not np.array_equal(target.numpy(), expected):  # predictions must line up with the ids below
+            raise RuntimeError(f"{name}: gathered predictions are not in dataset order ({len(target)} vs {len(expected)} rows)")
         probs[name] = torch.softmax(logits, dim=-1)[:, 1].numpy()
         losses[name] = float(weighted_cross_entropy(logits, target, weights))
         labels[name] = target.numpy()

@@ -7,6 +7,7 @@ in skipped.tsv with its reason; the manifest also counts, per split, each class,
 titles cut at --max-length, placeholder images, duplicate ids and repaired bytes).
 """
 
+import contextlib
 import fcntl
 import json
 import shutil
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from pipeline import __version__, cache
 from pipeline.data import read_split
 from pipeline.device import autocast, resolve_device
+from pipeline.distributed import Group
 from pipeline.embed_loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.errors import UserError
 from pipeline.fingerprint import combine, differences, path_sha256
@@ -107,8 +109,14 @@ class EmbedConfig:
         return self.image_root or self.data_dir
 
 
-def run_embed(config, rank=0, world_size=1, log=print):
-    """Build (or resume, or reuse) the cache; returns the manifest."""
+def run_embed(config, group=Group(), log=print):
+    """Build (or resume, or reuse) the cache; returns the manifest.
+
+    Under torchrun (`group` from pipeline.distributed.join) every rank embeds a
+    disjoint share of the parts; rank 0 alone checks and clears the cache, and
+    writes the manifest after a barrier, once every rank has finished.
+    """
+    log = log if group.is_main else (lambda *_: None)
     splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
     check_max_length(config.text_model, config.max_length)  # before hours of work, not at the first long title
     image_settings = ImageSettings.from_model_folder(
@@ -119,37 +127,40 @@ def run_embed(config, rank=0, world_size=1, log=print):
     fingerprint = combine(inputs)
     cache_dir = Path(config.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with cache_lock(cache_dir):
-        state = _prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
+    with cache_lock(cache_dir) if group.is_main else contextlib.nullcontext():
+        state = group.broadcast(_prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
+                                if group.is_main else None)
         if state == "complete":
-            manifest = cache.read_manifest(cache_dir)
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
-            return manifest
+            return cache.read_manifest(cache_dir)
         placeholders = find_placeholders(
             config.resolved_image_root, splits, config.placeholder_max_bytes, config.placeholder_min_rows,
         )
-        device = resolve_device(config.device)
+        device = resolve_device(group.device_name(config.device))
         model, lora_summary = build_encoders(
             config.text_model, config.clip_model, config.clip_lora, config.lora_alpha,
             config.pooling, config.clip_embedding,
         )
         model.to(device).eval()
         tokenizer = load_tokenizer(config.text_model)
-        if state == "fresh":
+        if state == "fresh" and group.is_main:
             _start_fresh(cache_dir, fingerprint, inputs)
-        timings = {}
+        group.barrier()  # no rank writes a part before rank 0 has cleared a stale cache
+        started = time.perf_counter()
         for name, rows in splits.items():
-            started = time.perf_counter()
             skip_rows = dict.fromkeys(placeholders.rows[name], "placeholder_image") if config.on_placeholder == "skip" else {}
-            embedded = embed_split(model, tokenizer, rows, config, image_settings, device, rank, world_size, skip_rows)
-            seconds = time.perf_counter() - started
-            timings[name] = {"seconds": round(seconds, 3), "rows_per_s": round(embedded / seconds, 1) if seconds else None}
-        manifest = cache.finalize(
-            cache_dir, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
-            dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
-            split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
-                                "non_utf8_rows": rows.non_utf8_rows} for name, rows in splits.items()},
-        )
+            embed_split(model, tokenizer, rows, config, image_settings, device, group.rank, group.world_size, skip_rows)
+        group.barrier()  # every rank's parts are on disk
+        timings = {"seconds": round(time.perf_counter() - started, 3), "processes": group.world_size}
+        if group.is_main:
+            manifest = cache.finalize(
+                cache_dir, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
+                dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
+                split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
+                                    "non_utf8_rows": rows.non_utf8_rows} for name, rows in splits.items()},
+            )
+        group.barrier()  # the manifest is written
+    manifest = cache.read_manifest(cache_dir)
     log(summary(manifest))
     return manifest
 
@@ -378,6 +389,7 @@ class PartWriter:
 
 
 def _manifest_config(config, lora_summary, device, timings, placeholders):
+    """Settings and circumstances of this run; `timings` covers embedding only (this run's rows, all ranks)."""
     import transformers
 
     return {

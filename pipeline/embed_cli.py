@@ -2,8 +2,11 @@
 
 Rerunning the same command resumes an interrupted run; a cache built from other
 models, checkpoints, settings or data is rebuilt (or refused with --on-stale refuse).
+Under `torchrun --nproc_per_node N -m pipeline embed ...` each process embeds a
+disjoint share of the parts and the result is the same cache.
 """
 
+from pipeline import distributed
 from pipeline.config_args import add_config_arguments, config_from_args
 from pipeline.embed import EmbedConfig, run_embed
 
@@ -13,5 +16,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    run_embed(config_from_args(EmbedConfig, args))
+    config = config_from_args(EmbedConfig, args)
+    group = distributed.join(config.device)
+    try:
+        run_embed(config, group)
+    finally:
+        distributed.leave()
     return 0
