@@ -1,6 +1,7 @@
 """Device choice and mixed precision: CUDA with bf16 autocast when present, CPU float32 otherwise."""
 
 import contextlib
+import os
 
 import torch
 
@@ -25,3 +26,19 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def decode_workers(requested, device):
+    """DataLoader workers for image decoding; -1 picks by device.
+
+    On CUDA the model waits for the CPU, so decoding gets all cores but one. On
+    the CPU the model itself needs the cores: measured on 2 cores with BERT-base
+    + ViT-B/32, two decoding workers cut stage one's throughput by about 10%
+    against decoding in the main process, so the CPU gets a quarter of the cores.
+    """
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(cores - 1, 16))
+    return cores // 4

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainingArguments, set_seed
 
 from pipeline.data import read_split
-from pipeline.device import resolve_device
+from pipeline.device import decode_workers, resolve_device
 from pipeline.e2e import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
 from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
 from pipeline.embed import EmbedConfig
@@ -126,7 +126,7 @@ def _load_rows(data, settings, log):
     image_root = data.resolved_image_root
     for name in SPLITS:
         rows = read_split(data.data_dir, name, data.image_pattern)
-        keep, bad = scan_rows(rows, image_root, settings, data.num_workers)
+        keep, bad = scan_rows(rows, image_root, settings, decode_workers(data.num_workers, resolve_device(data.device)))
         if bad and data.on_bad_image == "fail":
             row, reason = next((r, why) for r, why in bad if why != "empty_title")
             raise UserError(f"{rows.path}: line {row + 2}, column local_image_path {rows.image_paths[row]!r}: "
@@ -167,7 +167,7 @@ def _training_arguments(config, data, out, device):
         per_device_train_batch_size=data.batch_size, per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay,
         learning_rate=config.lr_encoder, seed=config.seed, data_seed=config.seed, report_to="none",
-        bf16=device.type == "cuda", use_cpu=device.type == "cpu", dataloader_num_workers=data.num_workers,
+        bf16=device.type == "cuda", use_cpu=device.type == "cpu", dataloader_num_workers=decode_workers(data.num_workers, device),
         remove_unused_columns=False, label_names=["labels"], ddp_find_unused_parameters=False,
     )
 

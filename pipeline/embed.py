@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline import __version__, cache
 from pipeline.data import read_split
-from pipeline.device import autocast, resolve_device
+from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.distributed import Group
 from pipeline.embed_loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.errors import UserError
@@ -63,7 +63,8 @@ class EmbedConfig:
     clip_embedding: str = _help(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
     device: str = _help("auto, cpu, cuda or cuda:N", default="auto")
     batch_size: int = _help("rows per forward pass", default=64)
-    num_workers: int = _help("DataLoader worker processes for image decoding (0 = in the main process)", default=2)
+    num_workers: int = _help("DataLoader worker processes for image decoding (0 = in the main process, "
+                             "-1 = auto: on CUDA all cores but one, on CPU a quarter of the cores)", default=-1)
     on_bad_image: str = _help(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
     on_stale: str = _help(f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
     part_rows: int = _help("input rows per Parquet part (the unit of resuming)", default=4096)
@@ -88,8 +89,8 @@ class EmbedConfig:
         for name in ("batch_size", "max_length", "part_rows", "max_pixels"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be at least 1")
-        if self.num_workers < 0:
-            problems.append("--num-workers must be 0 or more")
+        if self.num_workers < -1:
+            problems.append("--num-workers must be -1 (auto), 0 or more")
         if self.placeholder_max_bytes < 0:
             problems.append("--placeholder-max-bytes must be 0 or more")
         if self.placeholder_min_rows < 2:
@@ -256,7 +257,8 @@ def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, 
     collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size)
     dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings)
     batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, config.batch_size)
-    loader = make_loader(dataset, collate, batches, config.num_workers, pin_memory=device.type == "cuda")
+    workers = decode_workers(config.num_workers, device)
+    loader = make_loader(dataset, collate, batches, workers, pin_memory=device.type == "cuda")
     total = sum(parts.size(p) for p in pending)
     embedded = 0
     try:
