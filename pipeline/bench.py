@@ -93,8 +93,9 @@ def _sync(device):
 
 def forward_only_rows_per_s(model, tokenizer, rows, config, settings):
     """The encoders alone on ready-made tensors with the pipeline's batch shapes."""
-    usable = [[r for r in range(len(rows)) if rows.texts[r]]]
-    batches = plan_batches(usable, rows.texts, config.batch_size)
+    parts = [range(start, min(start + config.part_rows, len(rows))) for start in range(0, len(rows), config.part_rows)]
+    usable = [[r for r in part if rows.texts[r]] for part in parts]
+    batches = plan_batches(usable, rows.texts, config.batch_size)  # the pipeline's batches, per part
     device = next(model.parameters()).device
     inputs = []
     for batch in batches:

@@ -92,3 +92,23 @@ def test_draft_decoding_stays_close(tmp_path):
     exact = load_image(tmp_path, "photo.jpg", ImageSettings(size=32, draft=False)).astype(float)
     fast = load_image(tmp_path, "photo.jpg", ImageSettings(size=32, draft=True)).astype(float)
     assert np.abs(exact - fast).mean() < 6
+
+
+def test_fast_path_embeddings_match_the_clip_processor(tiny_clip, tmp_path):
+    """Draft JPEG decoding + uint8 resize + batched normalisation against CLIPImageProcessor on the
+    same files: the image embeddings agree to cosine >= 0.999."""
+    from pipeline.clip_encoder import load_image_encoder
+
+    names = []
+    for i, size in enumerate([(1600, 1200), (320, 240), (90, 200)]):
+        image = rgb_noise((size[0] // 40, size[1] // 40), seed=i).resize(size, Image.Resampling.BICUBIC)
+        image.save(tmp_path / f"{i}.jpg", quality=90)
+        names.append(f"{i}.jpg")
+    settings = ImageSettings.from_model_folder(tiny_clip)  # draft decoding on, as embed runs
+    processor = CLIPImageProcessor.from_pretrained(tiny_clip)
+    encoder = load_image_encoder(tiny_clip).eval()
+    fast = normalize_pixels(torch.from_numpy(np.stack([load_image(tmp_path, n, settings) for n in names])), settings)
+    plain = processor(images=[Image.open(tmp_path / n).convert("RGB") for n in names], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(encoder(fast), encoder(plain))
+    assert (cosine >= 0.999).all(), cosine
