@@ -31,7 +31,7 @@ from pipeline import cache
 from pipeline.bench_data import build_base_models, make_images, write_tsvs
 from pipeline.data import read_split
 from pipeline.embed import EmbedConfig, run_embed
-from pipeline.device import autocast, resolve_device
+from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.embed_loader import plan_batches
 from pipeline.images import ImageSettings, load_image, normalize_pixels, resize_and_crop
 from pipeline.model import build_encoders
@@ -293,8 +293,8 @@ def head_vs_e2e_epoch(cache_dir, data):
     model, _ = _build_model(data, FinetuneConfig())
     model.train()
     collate = MultimodalDataCollator(load_tokenizer(data.text_model), settings, data.max_length)
-    loader = DataLoader(E2ERows(rows, keep, data.resolved_image_root, settings), batch_size=16,
-                        shuffle=True, collate_fn=collate, num_workers=data.num_workers)
+    loader = DataLoader(E2ERows(rows, keep, data.resolved_image_root, settings), batch_size=16, shuffle=True,
+                        collate_fn=collate, num_workers=decode_workers(data.num_workers, torch.device("cpu")))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5)
     started = time.perf_counter()
     for batch in loader:
