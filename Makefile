@@ -73,7 +73,7 @@ bench: $(INSTALL)  ## benchmarks: runs/bench/results.json and results.md
 
 bench-gpu: $(INSTALL)  ## the base-size benchmark in bf16 on one GPU, then a CUDA smoke check
 	$(PY) -m pipeline bench --out runs/bench-gpu --device cuda --configs base --gpu-util \
-		--skip decode,memory,cache,head --rows-base 4096 --batch-size 256 --num-workers 12
+		--skip decode,memory,cache,head --rows-base 20000 --batch-size 256
 	$(PY) tests/gpu_smoke.py runs/gpu-smoke
 
 test: $(INSTALL)  ## the test suite (offline, CPU)

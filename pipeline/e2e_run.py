@@ -25,6 +25,7 @@ from pipeline.export import export_model
 from pipeline.head import FusionHead, HeadConfig, check_dims, load_head
 from pipeline.images import ImageSettings
 from pipeline.losses import class_weights, weighted_cross_entropy
+from pipeline.metrics import shown
 from pipeline.model import MultimodalBertClipClassifier, build_encoders
 from pipeline.text_encoder import load_tokenizer
 from pipeline.train_head import STOP_METRICS, FitResult, HeadRun, score_probabilities
@@ -115,8 +116,8 @@ def run_finetune(data, config, log=print):
     write_run(out, run, resolved)
     _write_skipped(out / "skipped.tsv", skipped)
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
-    log(f"Validation metrics: {run.metrics['val']}")
-    log(f"Test metrics: {run.metrics['test']}")
+    log(f"Validation metrics: {shown(run.metrics['val'])}")
+    log(f"Test metrics: {shown(run.metrics['test'])}")
     log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
     return out
 

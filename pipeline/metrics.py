@@ -79,3 +79,12 @@ def _threshold_at(probs, k):
     if k == probs.size:
         return float(np.nextafter(probs[-1], -np.inf))  # everybody is real
     return float((probs[k - 1] + probs[k]) / 2)
+
+
+SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "pr_auc", "loss",
+         "threshold")
+
+
+def shown(metrics):
+    """The headline metrics, rounded, for `Validation metrics: {...}` lines."""
+    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in SHOWN}

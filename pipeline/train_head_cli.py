@@ -14,11 +14,9 @@ import torch
 
 from pipeline.config_args import add_config_arguments, config_from_args
 from pipeline.head import HeadConfig
+from pipeline.metrics import shown
 from pipeline.run_folder import default_out, resolved_config, write_run
 from pipeline.train_head import TrainConfig, load_cached_splits, train_head
-
-SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "pr_auc", "loss",
-         "threshold")
 
 
 def add_arguments(parser):
@@ -49,7 +47,3 @@ def run(args):
     print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
           f"{result.seconds:.1f} s)")
     return 0
-
-
-def shown(metrics):
-    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in SHOWN}
