@@ -128,9 +128,10 @@ def _load_rows(data, settings, log):
     for name in SPLITS:
         rows = read_split(data.data_dir, name, data.image_pattern)
         keep, bad = scan_rows(rows, image_root, settings, decode_workers(data.num_workers, resolve_device(data.device)))
-        if bad and data.on_bad_image == "fail":
-            row, reason = next((r, why) for r, why in bad if why != "empty_title")
-            raise UserError(f"{rows.path}: line {row + 2}, column local_image_path {rows.image_paths[row]!r}: "
+        bad_images = [(row, why) for row, why in bad if why != "empty_title"]  # empty titles always skip
+        if bad_images and data.on_bad_image == "fail":
+            row, reason = bad_images[0]
+            raise UserError(f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
                             f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip")
         skipped += [(name, rows.ids[row], reason) for row, reason in bad]
         log(f"{name}: {len(rows)} rows read, {len(keep)} used, {len(bad)} skipped")

@@ -188,3 +188,14 @@ def test_init_head_starts_from_a_stage_two_head(tiny_bert, tiny_clip, dataset, t
     assert started.keys() == exported.keys()
     assert all(torch.equal(started[k], exported[k]) for k in started)
     assert load_head(out / "export" / "head").config.fusion == "max"
+
+
+def test_bad_images_follow_stage_one_policy(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
+    (dataset / "images" / "va0002.jpg").write_text("not an image")
+    base = ["finetune-e2e", *model_flags(tiny_bert, tiny_clip, dataset), "--out", str(tmp_path / "r")]
+    assert main(base + ["--on-bad-image", "fail"]) == 2
+    assert "val.tsv: line 4, column local_image_path 'images/va0002.jpg': not an image" in capsys.readouterr().err
+    assert main(base + ["--max-epochs", "1", "--train-text", "frozen"]) == 0
+    skipped = (tmp_path / "r" / "skipped.tsv").read_text().splitlines()
+    assert skipped == ["split\tid\treason", "val\tva0002\tnot_an_image"]
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["val"]["rows"] == 7
