@@ -13,10 +13,8 @@ Keys of results.json (see the README's benchmark table):
 
 import json
 import platform
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +26,7 @@ from torch.utils.data import DataLoader
 from transformers import CLIPImageProcessor
 
 from pipeline import cache
-from pipeline.bench_data import build_base_models, make_images, write_tsvs
+from pipeline.bench_data import make_images, write_tsvs
 from pipeline.data import read_split
 from pipeline.embed import EmbedConfig, run_embed
 from pipeline.device import autocast, decode_workers, resolve_device

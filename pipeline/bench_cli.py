@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from pipeline import bench
+from pipeline.bench_data import build_base_models
 from pipeline.embed import EmbedConfig, run_embed
 
 CONFIGS = ("demo", "base")
@@ -51,7 +52,7 @@ def run(args):
     try:
         models = {"demo": (text_model, demo / "clip", args.rows_demo, "preview")} if needs_demo else {}
         if "base" in configs:
-            text, clip = bench.build_base_models(work / "models")
+            text, clip = build_base_models(work / "models")
             models["base"] = (text, clip, args.rows_base, "preview")
         if "embed" not in skip:
             with bench.gpu_utilisation(args.gpu_util) as utilisation:

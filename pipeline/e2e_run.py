@@ -19,14 +19,13 @@ from pipeline.data import read_split
 from pipeline.device import decode_workers, resolve_device
 from pipeline.e2e import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
 from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
-from pipeline.embed import EmbedConfig
 from pipeline.errors import UserError
 from pipeline.export import export_model
 from pipeline.head import FusionHead, HeadConfig, check_dims, load_head
 from pipeline.images import ImageSettings
 from pipeline.losses import class_weights, weighted_cross_entropy
 from pipeline.metrics import shown
-from pipeline.model import MultimodalBertClipClassifier, build_encoders
+from pipeline.model import build_encoders
 from pipeline.text_encoder import load_tokenizer
 from pipeline.train_head import STOP_METRICS, FitResult, HeadRun, score_probabilities
 from pipeline.run_folder import write_run

@@ -15,7 +15,7 @@ from pipeline.e2e_data import MultimodalDataCollator
 from pipeline.head import FusionHead, HeadConfig, load_head
 from pipeline.images import ImageSettings, load_image
 from pipeline.losses import weighted_cross_entropy
-from pipeline.model import MultimodalBertClipClassifier, build_encoders
+from pipeline.model import build_encoders
 from pipeline.text_encoder import load_tokenizer
 from pipeline.data import read_split
 

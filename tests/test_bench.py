@@ -1,0 +1,26 @@
+"""`make bench` end to end at toy sizes on the tiny models: every section runs and writes its figures."""
+
+import json
+import shutil
+
+import pytest
+
+from pipeline.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_writes_every_figure(tiny_bert, tiny_clip, dataset, tmp_path):
+    shutil.copytree(tiny_clip, dataset / "clip")
+    out = tmp_path / "bench"
+    assert main(["bench", "--out", str(out), "--configs", "demo", "--demo-dir", str(dataset),
+                 "--text-model", str(tiny_bert), "--rows-demo", "24", "--photos", "2", "--rss-rows", "10",
+                 "--load-rows", "500", "--head-rows", "2000", "--batch-size", "8"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    demo = results["embed"]["demo"]
+    assert demo["rows_per_s"] > 0 and demo["efficiency"] > 0 and demo["speedup_vs_naive"] > 0
+    assert results["decode"]["cosine_min"] > 0.99
+    assert len(results["memory"]["peak_rss_mb"]) == 2
+    assert results["cache"]["bytes_per_row_float16"] < results["cache"]["bytes_per_row_float32"]
+    assert results["head"]["seconds_100k"] > 0 and results["head"]["speedup_vs_e2e"] > 0
+    assert "| `head.seconds_100k` |" in (out / "results.md").read_text()
