@@ -251,7 +251,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     """
     cache_dir = Path(cache_dir)
     classes = {"0": "fake", "1": "real"}
-    manifest_splits, skipped_lines = {}, ["split\tid\treason"]
+    manifest_splits, skipped_rows = {}, []
     for split, rows_read in splits.items():
         parts, embedded, reasons, counts = [], 0, {}, {}
         class_counts = dict.fromkeys(classes.values(), 0)
@@ -266,7 +266,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
                 counts[name] = counts.get(name, 0) + count
             for row in part_skipped:
                 reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
-                skipped_lines.append(f"{split}\t{row['id']}\t{row['reason']}")
+                skipped_rows.append((split, row["id"], row["reason"]))
         skipped = sum(reasons.values())
         if embedded + skipped != rows_read:
             raise RuntimeError(f"{split}: {rows_read} rows read but {embedded} embedded + {skipped} skipped")
@@ -276,7 +276,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
             "class_counts": class_counts, **counts, **(split_notes or {}).get(split, {}),
         }
     with _writing(cache_dir / SKIPPED_NAME):
-        (cache_dir / SKIPPED_NAME).write_text("\n".join(skipped_lines) + "\n")
+        write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
         "dims": dims, "classes": classes, "splits": manifest_splits,
@@ -284,6 +284,12 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     }
     write_json_atomic(cache_dir / MANIFEST_NAME, manifest)
     return manifest
+
+
+def write_skipped(path, rows):
+    """skipped.tsv: one (split, id, reason) line per row that was not used, under a header."""
+    lines = ["split\tid\treason"] + [f"{split}\t{key}\t{reason}" for split, key, reason in rows]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory"):

@@ -4,6 +4,11 @@ import argparse
 import dataclasses
 
 
+def help_field(text, **kwargs):
+    """A dataclass field whose `--help` text is `text` (default and other field options in kwargs)."""
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
 def add_config_arguments(parser, config_class, defaults=None, skip=()):
     """One `--flag-name` per field (except `skip`); help from the field's metadata."""
     defaults = defaults or {}

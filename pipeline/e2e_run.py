@@ -8,17 +8,19 @@ export/ (see pipeline.export).
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import TrainingArguments, set_seed
 
+from pipeline.cache import write_skipped
 from pipeline.data import read_split
 from pipeline.device import decode_workers, resolve_device
 from pipeline.e2e import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
 from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
+from pipeline.config_args import help_field
 from pipeline.errors import UserError
 from pipeline.export import export_model
 from pipeline.head import FusionHead, HeadConfig, check_dims, load_head
@@ -33,40 +35,36 @@ from pipeline.run_folder import write_run
 SPLITS = ("train", "val", "test")
 
 
-def _help(text, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass(frozen=True)
 class FinetuneConfig:
     """What end-to-end fine-tuning adds to stage one's data and model settings."""
 
-    out: str = _help("run folder", default="runs/e2e")
-    train_text: str = _help(f"text encoder: {', '.join(TEXT_MODES)}", default="full")
-    train_image: str = _help(f"CLIP image encoder: {', '.join(IMAGE_MODES)}", default="lora")
-    lora_rank: int = _help("rank of the LoRA adapters trained here", default=8)
-    lora_train_alpha: float = _help("alpha of the LoRA adapters trained here", default=16.0)
-    lora_targets: tuple = _help("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
-    text_lora_targets: tuple = _help("text modules that get LoRA (with --train-text lora)", default=("query", "value"))
-    lr_encoder: float = _help("learning rate of the encoders (and their LoRA)", default=2e-5)
-    lr_head: float = _help("learning rate of the fusion head", default=1e-3)
-    weight_decay: float = _help("AdamW weight decay", default=0.01)
-    max_epochs: int = _help("most epochs", default=3)
-    patience: int = _help("epochs without a better validation metric before stopping", default=2)
-    metric: str = _help(f"validation metric for early stopping and best-model restore: {', '.join(STOP_METRICS)}",
+    out: str = help_field("run folder", default="runs/e2e")
+    train_text: str = help_field(f"text encoder: {', '.join(TEXT_MODES)}", default="full")
+    train_image: str = help_field(f"CLIP image encoder: {', '.join(IMAGE_MODES)}", default="lora")
+    lora_rank: int = help_field("rank of the LoRA adapters trained here", default=8)
+    lora_train_alpha: float = help_field("alpha of the LoRA adapters trained here", default=16.0)
+    lora_targets: tuple = help_field("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
+    text_lora_targets: tuple = help_field("text modules that get LoRA (with --train-text lora)", default=("query", "value"))
+    lr_encoder: float = help_field("learning rate of the encoders (and their LoRA)", default=2e-5)
+    lr_head: float = help_field("learning rate of the fusion head", default=1e-3)
+    weight_decay: float = help_field("AdamW weight decay", default=0.01)
+    max_epochs: int = help_field("most epochs", default=3)
+    patience: int = help_field("epochs without a better validation metric before stopping", default=2)
+    metric: str = help_field(f"validation metric for early stopping and best-model restore: {', '.join(STOP_METRICS)}",
                         default="f1_macro")
-    eval_batch_size: int = _help("rows per evaluation step", default=64)
-    grad_accum: int = _help("gradient accumulation steps", default=1)
-    grad_checkpointing: bool = _help("recompute activations in the backward pass to save memory", default=False)
-    class_weights: str = _help("balanced, none or 'w_fake,w_real'", default="balanced")
-    modalities: tuple = _help("head inputs: text, image or text,image", default=("text", "image"))
-    fusion: str = _help("concat, max, mean or gated", default="concat")
-    proj_dim: int = _help("head projection width", default=128)
-    hidden_dim: int = _help("head hidden width", default=128)
-    dropout: float = _help("head dropout", default=0.1)
-    init_head: str = _help("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
-    resume: bool = _help("continue from the last checkpoint in OUT/checkpoints", default=False)
-    seed: int = _help("seed for initialisation, dropout and data order", default=0)
+    eval_batch_size: int = help_field("rows per evaluation step", default=64)
+    grad_accum: int = help_field("gradient accumulation steps", default=1)
+    grad_checkpointing: bool = help_field("recompute activations in the backward pass to save memory", default=False)
+    class_weights: str = help_field("balanced, none or 'w_fake,w_real'", default="balanced")
+    modalities: tuple = help_field("head inputs: text, image or text,image", default=("text", "image"))
+    fusion: str = help_field("concat, max, mean or gated", default="concat")
+    proj_dim: int = help_field("head projection width", default=128)
+    hidden_dim: int = help_field("head hidden width", default=128)
+    dropout: float = help_field("head dropout", default=0.1)
+    init_head: str = help_field("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
+    resume: bool = help_field("continue from the last checkpoint in OUT/checkpoints", default=False)
+    seed: int = help_field("seed for initialisation, dropout and data order", default=0)
 
     def __post_init__(self):
         problems = []
@@ -113,7 +111,7 @@ def run_finetune(data, config, log=print):
     resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
                 "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
     write_run(out, run, resolved)
-    _write_skipped(out / "skipped.tsv", skipped)
+    write_skipped(out / "skipped.tsv", skipped)
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
@@ -246,7 +244,3 @@ def _history(state):
                        if best and e.get("step") == int(best.rsplit("-", 1)[-1]) and "eval_loss" in e), None)
     return history, best_epoch
 
-
-def _write_skipped(path, skipped):
-    lines = ["split\tid\treason"] + [f"{split}\t{key}\t{reason}" for split, key, reason in skipped]
-    path.write_text("\n".join(lines) + "\n")

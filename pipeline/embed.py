@@ -14,7 +14,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from pipeline.data import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.distributed import Group
 from pipeline.embed_loader import Collate, ImageRows, make_loader, plan_batches
+from pipeline.config_args import help_field
 from pipeline.errors import UserError
 from pipeline.fingerprint import combine, differences, path_sha256
 from pipeline.images import DEFAULT_MAX_PIXELS, ImageSettings, normalize_pixels
@@ -41,41 +42,37 @@ STALE_POLICIES = ("rebuild", "refuse")
 CACHE_DTYPES = ("float32", "float16")
 
 
-def _help(text, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass(frozen=True)
 class EmbedConfig:
     """Everything stage one depends on; saved in the manifest."""
 
-    data_dir: str = _help("folder with <split>_filtered.tsv or <split>.tsv files")
-    text_model: str = _help("Hugging Face BERT-family model folder (AutoModel + AutoTokenizer)")
-    clip_model: str = _help("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
-    cache_dir: str = _help("where the Parquet cache goes")
-    splits: tuple = _help("splits to embed", default=("train", "val", "test"))
-    image_root: str = _help("folder local_image_path is relative to (default: --data-dir)", default=None)
-    image_pattern: str = _help("image file name when the TSV has no local_image_path column", default="{id}.jpg")
-    clip_lora: str = _help("CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
-    lora_alpha: float = _help("LoRA alpha when the checkpoint does not store it", default=None)
-    pooling: str = _help(f"text pooling: {', '.join(POOLINGS)}", default="cls")
-    max_length: int = _help("titles are truncated to this many tokens", default=128)
-    clip_embedding: str = _help(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
-    device: str = _help("auto, cpu, cuda or cuda:N", default="auto")
-    batch_size: int = _help("rows per forward pass", default=64)
-    num_workers: int = _help("DataLoader worker processes for image decoding (0 = in the main process, "
+    data_dir: str = help_field("folder with <split>_filtered.tsv or <split>.tsv files")
+    text_model: str = help_field("Hugging Face BERT-family model folder (AutoModel + AutoTokenizer)")
+    clip_model: str = help_field("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
+    cache_dir: str = help_field("where the Parquet cache goes")
+    splits: tuple = help_field("splits to embed", default=("train", "val", "test"))
+    image_root: str = help_field("folder local_image_path is relative to (default: --data-dir)", default=None)
+    image_pattern: str = help_field("image file name when the TSV has no local_image_path column", default="{id}.jpg")
+    clip_lora: str = help_field("CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
+    lora_alpha: float = help_field("LoRA alpha when the checkpoint does not store it", default=None)
+    pooling: str = help_field(f"text pooling: {', '.join(POOLINGS)}", default="cls")
+    max_length: int = help_field("titles are truncated to this many tokens", default=128)
+    clip_embedding: str = help_field(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
+    device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
+    batch_size: int = help_field("rows per forward pass", default=64)
+    num_workers: int = help_field("DataLoader worker processes for image decoding (0 = in the main process, "
                              "-1 = auto: on CUDA all cores but one, on CPU a quarter of the cores)", default=-1)
-    on_bad_image: str = _help(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
-    on_stale: str = _help(f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
-    part_rows: int = _help("input rows per Parquet part (the unit of resuming)", default=4096)
-    cache_dtype: str = _help(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
-    max_pixels: int = _help("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
-    draft: bool = _help("let JPEGs decode at reduced scale when much larger than needed", default=True)
-    on_placeholder: str = _help(
+    on_bad_image: str = help_field(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
+    on_stale: str = help_field(f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
+    part_rows: int = help_field("input rows per Parquet part (the unit of resuming)", default=4096)
+    cache_dtype: str = help_field(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
+    max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
+    draft: bool = help_field("let JPEGs decode at reduced scale when much larger than needed", default=True)
+    on_placeholder: str = help_field(
         f"rows whose image is a placeholder (a small file shared byte for byte by many rows): "
         f"{', '.join(PLACEHOLDER_POLICIES)}; either way they are counted", default="embed")
-    placeholder_max_bytes: int = _help("image files up to this size are checked for placeholders (0 = never)", default=16384)
-    placeholder_min_rows: int = _help("rows that must share one small image file for it to be a placeholder", default=20)
+    placeholder_max_bytes: int = help_field("image files up to this size are checked for placeholders (0 = never)", default=16384)
+    placeholder_min_rows: int = help_field("rows that must share one small image file for it to be a placeholder", default=20)
 
     def __post_init__(self):
         problems = []
