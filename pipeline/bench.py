@@ -27,6 +27,7 @@ from transformers import CLIPImageProcessor
 
 from pipeline import cache
 from pipeline.bench_data import make_images, write_tsvs
+from pipeline.clip_encoder import load_image_encoder
 from pipeline.data import read_split
 from pipeline.embed import EmbedConfig, run_embed
 from pipeline.device import autocast, decode_workers, resolve_device
@@ -169,7 +170,7 @@ def bench_decode(work, count, clip_model):
     started = time.perf_counter()
     plain = [resize_and_crop(Image.open(folder / p).convert("RGB"), settings.size) for p in paths]
     plain_seconds = time.perf_counter() - started
-    model, _ = build_encoders_for_images(clip_model)
+    model = load_image_encoder(clip_model).eval()
     with torch.inference_mode():
         a = model(normalize_pixels(torch.from_numpy(np.stack(fast)), settings))
         b = model(normalize_pixels(torch.from_numpy(np.stack(plain)), settings))
@@ -178,12 +179,6 @@ def bench_decode(work, count, clip_model):
             "ms_per_photo_fast": round(1000 * fast_seconds / count, 1),
             "ms_per_photo_plain": round(1000 * plain_seconds / count, 1),
             "cosine_mean": round(float(cosine.mean()), 5), "cosine_min": round(float(cosine.min()), 5)}
-
-
-def build_encoders_for_images(clip_model):
-    from pipeline.clip_encoder import load_image_encoder
-
-    return load_image_encoder(clip_model).eval(), None
 
 
 def child_peak_rss(code):
