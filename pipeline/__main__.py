@@ -17,11 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # command name -> module; imported lazily so `--help` stays fast.
 COMMANDS = {
-    "embed": "pipeline.embed_cli",
-    "train-head": "pipeline.train_head_cli",
-    "ablate": "pipeline.ablate_cli",
-    "finetune-e2e": "pipeline.e2e_cli",
-    "bench": "pipeline.bench_cli",
+    "embed": "pipeline.embed.cli",
+    "train-head": "pipeline.train.cli",
+    "ablate": "pipeline.train.ablate_cli",
+    "finetune-e2e": "pipeline.e2e.cli",
+    "bench": "pipeline.bench.cli",
 }
 
 

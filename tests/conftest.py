@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPConfig, CLIPModel
 
-from pipeline.cache import write_cache
+from pipeline.embed.cache import write_cache
 from tests.helpers import small_splits
 
 # The test models are tiny: a second thread only adds synchronisation, and on a
@@ -131,7 +131,7 @@ def with_flag(args, flag, value):
 
 
 def load_all(cache_dir, splits=("train", "val", "test")):
-    from pipeline.cache import load_split  # here, not at the top: conftest's imports are shared with stage two's
+    from pipeline.embed.cache import load_split  # here, not at the top: conftest's imports are shared with stage two's
 
     return {s: load_split(cache_dir, s) for s in splits}
 

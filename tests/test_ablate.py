@@ -3,7 +3,7 @@ import json
 import pandas as pd
 
 from pipeline.__main__ import main
-from pipeline.ablate import NO_FUSION, markdown_table, summarize, variants
+from pipeline.train.ablate import NO_FUSION, markdown_table, summarize, variants
 from tests.helpers import SMALL_FLAGS
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline.__main__ import main
-from pipeline.head import load_head
-from pipeline.metrics import compute_metrics
-from pipeline.run_folder import FILES
-from pipeline.train_head import load_cached_splits, predict, to_features
+from pipeline.model.head import load_head
+from pipeline.train.metrics import compute_metrics
+from pipeline.train.run_folder import FILES
+from pipeline.train.fit import load_cached_splits, predict, to_features
 from tests.helpers import SMALL_FLAGS
 
 REQUIRED = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "loss", "threshold")

@@ -5,7 +5,7 @@ batches arrive in another interleaving; the cache must not notice.
 """
 
 from conftest import assert_same_cache, cache_dir_of, load_all, with_flag
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import assert_same_cache, load_all, with_flag, write_split
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
 
 pytestmark = pytest.mark.slow

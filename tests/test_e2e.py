@@ -8,16 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
-from pipeline.e2e import MultimodalTrainer
-from pipeline.e2e_data import MultimodalDataCollator
-from pipeline.head import FusionHead, HeadConfig, load_head
-from pipeline.images import ImageSettings, load_image
-from pipeline.losses import weighted_cross_entropy
-from pipeline.model import build_encoders
-from pipeline.text_encoder import load_tokenizer
-from pipeline.data import read_split
+from pipeline.e2e.trainer import MultimodalTrainer
+from pipeline.e2e.data import MultimodalDataCollator
+from pipeline.model.head import FusionHead, HeadConfig, load_head
+from pipeline.data.images import ImageSettings, load_image
+from pipeline.train.losses import weighted_cross_entropy
+from pipeline.model.classifier import build_encoders
+from pipeline.model.text_encoder import load_tokenizer
+from pipeline.data.splits import read_split
 
 
 def model_flags(tiny_bert, tiny_clip, dataset):

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import assert_same_cache, cache_dir_of, load_all, with_flag, write_split
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
-from pipeline.data import read_split
-from pipeline.images import ImageSettings, load_image, normalize_pixels
-from pipeline.model import build_encoders
-from pipeline.text_encoder import load_tokenizer
+from pipeline.data.splits import read_split
+from pipeline.data.images import ImageSettings, load_image, normalize_pixels
+from pipeline.model.classifier import build_encoders
+from pipeline.model.text_encoder import load_tokenizer
 
 
 def test_each_row_equals_that_row_embedded_alone(embed_args, tiny_bert, tiny_clip, dataset):

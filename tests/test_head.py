@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.head import FUSIONS, FusionHead, HeadConfig, load_head, save_head
+from pipeline.model.head import FUSIONS, FusionHead, HeadConfig, load_head, save_head
 from tests.helpers import IMAGE_DIM, TEXT_DIM, small_head
 
 

@@ -14,9 +14,9 @@ from PIL import Image, ImageFile
 from transformers import CLIPImageProcessor
 
 from conftest import cache_dir_of, rgb_noise, with_flag, write_split
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
-from pipeline.images import ImageSettings, load_image
+from pipeline.data.images import ImageSettings, load_image
 
 SETTINGS = ImageSettings(size=32, draft=False)
 

@@ -5,9 +5,9 @@ import re
 import pytest
 
 from conftest import cache_dir_of, with_flag
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
-from pipeline.data import read_split
+from pipeline.data.splits import read_split
 
 HEADER = "id\tclean_title\t2_way_label\tlocal_image_path"
 

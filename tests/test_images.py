@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from conftest import rgb_noise
-from pipeline.images import BadImage, ImageSettings, load_image, normalize_pixels
+from pipeline.data.images import BadImage, ImageSettings, load_image, normalize_pixels
 
 SETTINGS = ImageSettings(size=32, draft=False)
 
@@ -97,7 +97,7 @@ def test_draft_decoding_stays_close(tmp_path):
 def test_fast_path_embeddings_match_the_clip_processor(tiny_clip, tmp_path):
     """Draft JPEG decoding + uint8 resize + batched normalisation against CLIPImageProcessor on the
     same files: the image embeddings agree to cosine >= 0.999."""
-    from pipeline.clip_encoder import load_image_encoder
+    from pipeline.model.image_encoder import load_image_encoder
 
     names = []
     for i, size in enumerate([(1600, 1200), (320, 240), (90, 200)]):

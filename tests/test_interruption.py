@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import assert_same_cache, embed_flags, load_all, make_dataset
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def pause():
 
 
 if point == "batch":  # in the 5th forward pass: two parts written, the third half-computed
-    from pipeline.model import MultimodalBertClipClassifier as Model
+    from pipeline.model.classifier import MultimodalBertClipClassifier as Model
 
     encode, calls = Model.encode, []
 
@@ -71,7 +71,7 @@ elif point == "part":  # half of the third part's bytes are on disk (under the t
 
     pq.write_table = paused_write_table
 elif point == "manifest":  # every part done, the manifest's first bytes written
-    from pipeline import cache
+    from pipeline.embed import cache
 
     write_json_atomic = cache.write_json_atomic
 

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 from transformers import CLIPModel
 
 from conftest import build_tiny_clip, tiny_clip_config
-from pipeline.clip_encoder import load_image_encoder
+from pipeline.model.image_encoder import load_image_encoder
 from pipeline.errors import UserError
-from pipeline.lora import apply_clip_checkpoint
+from pipeline.model.checkpoint import apply_clip_checkpoint
 
 RANK, ALPHA = 4, 8
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import UserError
-from pipeline.losses import class_weights, weighted_cross_entropy
+from pipeline.train.losses import class_weights, weighted_cross_entropy
 
 
 def test_balanced_weights_follow_the_formula():

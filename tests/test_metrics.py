@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from pipeline.metrics import compute_metrics, tune_threshold
+from pipeline.train.metrics import compute_metrics, tune_threshold
 
 REQUIRED = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "pr_auc",
             "confusion_matrix", "loss", "threshold")

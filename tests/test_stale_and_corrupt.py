@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from conftest import assert_same_cache, embed_flags, load_all, make_dataset, with_flag
-from pipeline import cache
+from pipeline.embed import cache
 from pipeline.__main__ import main
 from pipeline.errors import UserError
 

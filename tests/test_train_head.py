@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import CachedSplit, write_cache
+from pipeline.embed.cache import CachedSplit, write_cache
 from pipeline.errors import UserError
-from pipeline.head import FusionHead
-from pipeline.losses import class_weights
-from pipeline.metrics import compute_metrics
-from pipeline.train_head import fit, load_cached_splits, predict, to_features, train_head
+from pipeline.model.head import FusionHead
+from pipeline.train.losses import class_weights
+from pipeline.train.metrics import compute_metrics
+from pipeline.train.fit import fit, load_cached_splits, predict, to_features, train_head
 from tests.helpers import small_head, small_splits, small_train
 
 

@@ -20,7 +20,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from pipeline.images import BadImage, checked_file
+from pipeline.data.images import BadImage, checked_file
 
 _MAX_FILES_LISTED = 10
 _THREADS = 4  # stat() on a cold or network disk waits without the GIL; more threads only fight for it

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from pipeline.head import parse_modalities
-from pipeline.train_head import train_head
+from pipeline.model.head import parse_modalities
+from pipeline.train.fit import train_head
 
 NO_FUSION = "-"
 SUMMARY = (("val", "f1_macro"), ("test", "f1_macro"), ("val", "accuracy"), ("test", "accuracy"))

@@ -7,8 +7,8 @@ disjoint share of the parts and the result is the same cache.
 """
 
 from pipeline import distributed
-from pipeline.config_args import add_config_arguments, config_from_args
-from pipeline.embed import EmbedConfig, run_embed
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.embed.run import EmbedConfig, run_embed
 
 
 def add_arguments(parser):

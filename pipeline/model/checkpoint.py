@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipeline.clip_encoder import merge_lora_into
+from pipeline.model.image_encoder import merge_lora_into
 from pipeline.errors import UserError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.cache import load_split, read_manifest
+from pipeline.embed.cache import load_split, read_manifest
 from pipeline.device import DEVICES, resolve_device
 from pipeline.errors import UserError
-from pipeline.head import FusionHead
-from pipeline.losses import WEIGHT_MODES, class_weights, weighted_cross_entropy
-from pipeline.metrics import compute_metrics, tune_threshold
+from pipeline.model.head import FusionHead
+from pipeline.train.losses import WEIGHT_MODES, class_weights, weighted_cross_entropy
+from pipeline.train.metrics import compute_metrics, tune_threshold
 
 SPLITS = ("train", "val", "test")
 STOP_METRICS = ("f1_macro", "accuracy", "roc_auc", "pr_auc", "f1_fake", "f1_real", "loss")

@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from pipeline.head import save_head
+from pipeline.model.head import save_head
 
 
 def export_model(model, tokenizer, out, clip_model_folder, lora_was_given):

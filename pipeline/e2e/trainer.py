@@ -11,8 +11,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import EarlyStoppingCallback, Trainer
 
-from pipeline.losses import weighted_cross_entropy
-from pipeline.metrics import compute_metrics
+from pipeline.train.losses import weighted_cross_entropy
+from pipeline.train.metrics import compute_metrics
 
 TEXT_MODES = ("full", "frozen", "lora")
 IMAGE_MODES = ("lora", "frozen", "full")

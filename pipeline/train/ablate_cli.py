@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.ablate import markdown_table, run_ablation, summarize, variants
-from pipeline.cache import write_json_atomic
-from pipeline.config_args import add_config_arguments, config_from_args
-from pipeline.head import FUSIONS, MODALITIES, HeadConfig
-from pipeline.run_folder import resolved_config
-from pipeline.train_head import TrainConfig, load_cached_splits
+from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
+from pipeline.embed.cache import write_json_atomic
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.model.head import FUSIONS, MODALITIES, HeadConfig
+from pipeline.train.run_folder import resolved_config
+from pipeline.train.fit import TrainConfig, load_cached_splits
 
 
 def add_arguments(parser):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.images import BadImage, load_image, normalize_pixels
+from pipeline.data.images import BadImage, load_image, normalize_pixels
 
 
 class E2ERows(Dataset):

@@ -12,11 +12,11 @@ from dataclasses import replace
 
 import torch
 
-from pipeline.config_args import add_config_arguments, config_from_args
-from pipeline.head import HeadConfig
-from pipeline.metrics import shown
-from pipeline.run_folder import default_out, resolved_config, write_run
-from pipeline.train_head import TrainConfig, load_cached_splits, train_head
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.model.head import HeadConfig
+from pipeline.train.metrics import shown
+from pipeline.train.run_folder import default_out, resolved_config, write_run
+from pipeline.train.fit import TrainConfig, load_cached_splits, train_head
 
 
 def add_arguments(parser):

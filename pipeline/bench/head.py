@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from pipeline.cache import write_cache
-from pipeline.head import HeadConfig
-from pipeline.synthetic import make_splits
-from pipeline.train_head import TrainConfig, load_cached_splits, train_head
+from pipeline.embed.cache import write_cache
+from pipeline.model.head import HeadConfig
+from pipeline.train.synthetic import make_splits
+from pipeline.train.fit import TrainConfig, load_cached_splits, train_head
 
 
 def seconds_100k(rows=100_000, text_dim=768, image_dim=512, head_config=None, train_config=None, log=None):

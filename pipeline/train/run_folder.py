@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 import pipeline
-from pipeline.cache import write_json_atomic
-from pipeline.head import save_head
-from pipeline.plots import plot_confusion_matrices, plot_roc_pr, plot_training_curves
+from pipeline.embed.cache import write_json_atomic
+from pipeline.model.head import save_head
+from pipeline.train.plots import plot_confusion_matrices, plot_roc_pr, plot_training_curves
 
 FILES = ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
          "head/model.safetensors", "head/head_config.json",

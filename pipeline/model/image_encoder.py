@@ -10,7 +10,7 @@ from torch import nn
 from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from pipeline.errors import UserError
-from pipeline.model_files import read_config, refusing_pickled_code
+from pipeline.model.folders import read_config, refusing_pickled_code
 
 EMBEDDINGS = ("projected", "pooled")
 

@@ -11,7 +11,7 @@ Gaussian noise elsewhere; `signal` says how the label is made from the scores:
 
 import numpy as np
 
-from pipeline.cache import CachedSplit
+from pipeline.embed.cache import CachedSplit
 
 SIGNALS = ("text", "both", "xor")
 

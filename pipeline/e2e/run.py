@@ -15,22 +15,22 @@ import numpy as np
 import torch
 from transformers import TrainingArguments, set_seed
 
-from pipeline.cache import write_skipped
-from pipeline.data import read_split
+from pipeline.embed.cache import write_skipped
+from pipeline.data.splits import read_split
 from pipeline.device import decode_workers, resolve_device
-from pipeline.e2e import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
-from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
-from pipeline.config_args import help_field
+from pipeline.e2e.trainer import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
+from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
+from pipeline.config import help_field
 from pipeline.errors import UserError
-from pipeline.export import export_model
-from pipeline.head import FusionHead, HeadConfig, check_dims, load_head
-from pipeline.images import ImageSettings
-from pipeline.losses import class_weights, weighted_cross_entropy
-from pipeline.metrics import shown
-from pipeline.model import build_encoders
-from pipeline.text_encoder import load_tokenizer
-from pipeline.train_head import STOP_METRICS, FitResult, HeadRun, score_probabilities
-from pipeline.run_folder import write_run
+from pipeline.e2e.export import export_model
+from pipeline.model.head import FusionHead, HeadConfig, check_dims, load_head
+from pipeline.data.images import ImageSettings
+from pipeline.train.losses import class_weights, weighted_cross_entropy
+from pipeline.train.metrics import shown
+from pipeline.model.classifier import build_encoders
+from pipeline.model.text_encoder import load_tokenizer
+from pipeline.train.fit import STOP_METRICS, FitResult, HeadRun, score_probabilities
+from pipeline.train.run_folder import write_run
 
 SPLITS = ("train", "val", "test")
 

@@ -5,9 +5,9 @@ stopping with best-model restore and stage two's metrics; exports encoders that
 `make embed` takes as they are (see OUT/export/embed.sh).
 """
 
-from pipeline.config_args import add_config_arguments, config_from_args
-from pipeline.e2e_run import FinetuneConfig, run_finetune
-from pipeline.embed import EmbedConfig
+from pipeline.config import add_config_arguments, config_from_args
+from pipeline.e2e.run import FinetuneConfig, run_finetune
+from pipeline.embed.run import EmbedConfig
 
 # Stage one's flags that make no sense here (the cache) get a placeholder.
 _UNUSED_EMBED_FLAGS = {"cache_dir": "-"}

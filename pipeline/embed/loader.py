@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.images import BadImage, load_image
+from pipeline.data.images import BadImage, load_image
 
 
 @dataclass

@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import bench
-from pipeline.bench_data import build_base_models
-from pipeline.embed import EmbedConfig, run_embed
+from pipeline.bench import suite as bench
+from pipeline.bench.data import build_base_models
+from pipeline.embed.run import EmbedConfig, run_embed
 
 CONFIGS = ("demo", "base")
 

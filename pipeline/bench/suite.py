@@ -25,16 +25,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import CLIPImageProcessor
 
-from pipeline import cache
-from pipeline.bench_data import make_images, write_tsvs
-from pipeline.clip_encoder import load_image_encoder
-from pipeline.data import read_split
-from pipeline.embed import EmbedConfig, run_embed
+from pipeline.embed import cache
+from pipeline.bench.data import make_images, write_tsvs
+from pipeline.model.image_encoder import load_image_encoder
+from pipeline.data.splits import read_split
+from pipeline.embed.run import EmbedConfig, run_embed
 from pipeline.device import autocast, decode_workers, resolve_device
-from pipeline.embed_loader import plan_batches
-from pipeline.images import ImageSettings, load_image, normalize_pixels, resize_and_crop
-from pipeline.model import build_encoders
-from pipeline.text_encoder import load_tokenizer
+from pipeline.embed.loader import plan_batches
+from pipeline.data.images import ImageSettings, load_image, normalize_pixels, resize_and_crop
+from pipeline.model.classifier import build_encoders
+from pipeline.model.text_encoder import load_tokenizer
 
 
 def machine():
@@ -59,7 +59,7 @@ def time_embed(config):
 
 def time_embed_loop(config):
     """Stage one with the models already loaded: the rows/s that the efficiency ratio compares."""
-    from pipeline.embed import embed_split
+    from pipeline.embed.run import embed_split
 
     device = resolve_device(config.device)
     model, _ = build_encoders(config.text_model, config.clip_model, pooling=config.pooling)
@@ -194,7 +194,7 @@ def bench_memory(work, text_model, clip_model, rows):
     for n in (rows, 10 * rows):
         data = prepare_data(work / f"rss-data-{n}", n, "preview", seed=3)
         peaks[n] = child_peak_rss(
-            "from pipeline.embed import EmbedConfig, run_embed\n"
+            "from pipeline.embed.run import EmbedConfig, run_embed\n"
             f"run_embed(EmbedConfig(data_dir={str(data)!r}, text_model={str(text_model)!r}, "
             f"clip_model={str(clip_model)!r}, cache_dir={str(work / f'rss-cache-{n}')!r}, splits=('train',), "
             "num_workers=0, device='cpu', part_rows=256), log=lambda *_: None)"
@@ -209,7 +209,7 @@ def bench_cache_load(work, rows, dims=(768, 512)):
     A 100-row cache is loaded first, so the one-off initialisation of Arrow's
     readers and allocator (the same for any size) is not counted as the split's.
     """
-    from pipeline.cache import CachedSplit, write_cache
+    from pipeline.embed.cache import CachedSplit, write_cache
 
     rng = np.random.default_rng(0)
     for name, n in (("warm-up", 100), ("load-cache", rows)):
@@ -219,7 +219,7 @@ def bench_cache_load(work, rows, dims=(768, 512)):
         write_cache(work / name, {"train": split})
     del split
     code = (
-        "import gc\nfrom pipeline import cache\n"
+        "import gc\nfrom pipeline.embed import cache\n"
         "def rss():\n    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
         f"cache.load_split({str(work / 'warm-up')!r}, 'train')\ngc.collect()\n"
         f"before = rss()\nsplit = cache.load_split({str(work / 'load-cache')!r}, 'train')\ngc.collect()\n"
@@ -234,9 +234,9 @@ def bench_cache_load(work, rows, dims=(768, 512)):
 
 def bench_cache_dtype(cache_dir, work):
     """Bytes per row with float32 and float16 storage, and the test macro-F1 change float16 causes."""
-    from pipeline.cache import write_cache
-    from pipeline.head import HeadConfig
-    from pipeline.train_head import TrainConfig, train_head
+    from pipeline.embed.cache import write_cache
+    from pipeline.model.head import HeadConfig
+    from pipeline.train.fit import TrainConfig, train_head
 
     manifest = cache.read_manifest(cache_dir)
     splits = {name: cache.load_split(cache_dir, name) for name in manifest["splits"]}
@@ -254,7 +254,7 @@ def bench_cache_dtype(cache_dir, work):
 
 
 def bench_head(rows, demo_cache, demo_config):
-    from pipeline.head_bench import seconds_100k
+    from pipeline.bench.head import seconds_100k
 
     return {"seconds_100k": round(seconds_100k(rows=rows), 2), "rows_100k": rows,
             **head_vs_e2e_epoch(demo_cache, demo_config)}
@@ -263,11 +263,11 @@ def bench_head(rows, demo_cache, demo_config):
 def head_vs_e2e_epoch(cache_dir, data):
     """One head epoch on the cached train rows against one end-to-end epoch (full text, LoRA image)
     on the same rows, both with stage two's and the Trainer's default batch sizes."""
-    from pipeline.e2e_data import E2ERows, MultimodalDataCollator, scan_rows
-    from pipeline.e2e_run import FinetuneConfig, _build_model
-    from pipeline.head import FusionHead, HeadConfig
-    from pipeline.losses import class_weights
-    from pipeline.train_head import TrainConfig, _train_epoch, to_features
+    from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
+    from pipeline.e2e.run import FinetuneConfig, _build_model
+    from pipeline.model.head import FusionHead, HeadConfig
+    from pipeline.train.losses import class_weights
+    from pipeline.train.fit import TrainConfig, _train_epoch, to_features
 
     split = cache.load_split(cache_dir, "train")
     dims = cache.read_manifest(cache_dir)["dims"]

@@ -6,7 +6,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline.errors import UserError
-from pipeline.model_files import check_model_folder, read_config, read_json, refusing_pickled_code
+from pipeline.model.folders import check_model_folder, read_config, read_json, refusing_pickled_code
 
 POOLINGS = ("cls", "mean")
 

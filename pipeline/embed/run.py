@@ -21,19 +21,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import __version__, cache
-from pipeline.data import read_split
+from pipeline import __version__
+from pipeline.embed import cache
+from pipeline.data.splits import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.distributed import Group
-from pipeline.embed_loader import Collate, ImageRows, make_loader, plan_batches
-from pipeline.config_args import help_field
+from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
+from pipeline.config import help_field
 from pipeline.errors import UserError
-from pipeline.fingerprint import combine, differences, path_sha256
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageSettings, normalize_pixels
-from pipeline.model import build_encoders
-from pipeline.placeholders import find_placeholders
-from pipeline.text_encoder import POOLINGS, check_max_length, load_tokenizer
-from pipeline.clip_encoder import EMBEDDINGS
+from pipeline.embed.fingerprint import combine, differences, path_sha256
+from pipeline.data.images import DEFAULT_MAX_PIXELS, ImageSettings, normalize_pixels
+from pipeline.model.classifier import build_encoders
+from pipeline.data.placeholders import find_placeholders
+from pipeline.model.text_encoder import POOLINGS, check_max_length, load_tokenizer
+from pipeline.model.image_encoder import EMBEDDINGS
 
 BAD_IMAGE_POLICIES = ("skip", "fail")
 PLACEHOLDER_POLICIES = ("embed", "skip")

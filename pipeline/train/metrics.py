@@ -12,7 +12,7 @@ Conventions:
 
 import numpy as np
 
-from pipeline.losses import CLASS_NAMES
+from pipeline.train.losses import CLASS_NAMES
 
 
 def compute_metrics(labels, prob_real, threshold=0.5, loss=None):

@@ -1,0 +1,1 @@
+"""Stage one: embed the splits once and cache the vectors as Parquet (run, loader, writer, cache, fingerprint)."""
