@@ -1,13 +1,15 @@
 """Command line: `python -m pipeline <command> [flags]`.
 
-Each command lives in its own module with `add_arguments(parser)` and
-`run(args) -> int`. This file is the only place that turns a `UserError` into a
-one-line `error: ...` and exit status 2.
+Each command lives in its room's `cli.py` with `add_arguments(parser)` and
+`run(args) -> int`. A command module imports only its configs (no torch, no
+transformers), so `--help` stays fast; `run` imports the heavy modules. This
+file is the only place that turns a `UserError` into `error: ...` and exit
+status 2.
 """
 
 import argparse
-import os
 import importlib
+import os
 import sys
 
 from pipeline.errors import UserError
@@ -15,7 +17,7 @@ from pipeline.errors import UserError
 # Tokenisers run in DataLoader worker processes; their own thread pool would fight the fork.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# command name -> module; imported lazily so `--help` stays fast.
+# command name -> module; each holds only flags and imports its heavy modules inside run().
 COMMANDS = {
     "embed": "pipeline.embed.cli",
     "train-head": "pipeline.train.cli",
@@ -62,9 +64,9 @@ def build_parser():
 
 
 def main(argv=None):
-    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return args.run(args)
     except UserError as error:

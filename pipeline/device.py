@@ -5,9 +5,8 @@ import os
 
 import torch
 
+from pipeline.config import DEVICES
 from pipeline.errors import UserError
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name):

@@ -59,7 +59,8 @@ def join(requested_device):
         if use_nccl:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group("nccl" if use_nccl else "gloo", timeout=BARRIER_TIMEOUT)
-    return Group(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    return Group(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def leave():

@@ -12,6 +12,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from conftest import build_tiny_bert, build_tiny_clip, make_dataset  # noqa: E402
+
 from pipeline.__main__ import main  # noqa: E402
 from pipeline.embed.cache import write_cache  # noqa: E402
 from pipeline.train.synthetic import make_splits  # noqa: E402

@@ -8,9 +8,9 @@ import torch
 
 from pipeline.__main__ import main
 from pipeline.model.head import load_head
+from pipeline.train.fit import load_cached_splits, predict, to_features
 from pipeline.train.metrics import compute_metrics
 from pipeline.train.run_folder import FILES
-from pipeline.train.fit import load_cached_splits, predict, to_features
 from tests.helpers import SMALL_FLAGS
 
 REQUIRED = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "loss", "threshold")
@@ -46,14 +46,25 @@ def test_train_head_writes_the_run_folder_and_the_best_head(xor_cache, tmp_path,
     ("--modalities", "text,audio", "text, image"),
     ("--class-weights", "heavy", "balanced, none"),
     ("--metric", "auc", "f1_macro"),
-    ("--device", "tpu", "auto, cpu, cuda or cuda:N"),
-    ("--threads", "-1", "threads -1: needs to be a whole number of at least 0"),
-    ("--lr", "none", "lr None: needs to be a finite number above 0"),
+    ("--device", "tpu", "--device 'tpu': not a device; use one of: auto, cpu, cuda (or cuda:N)"),
+    ("--threads", "-1", "--threads -1: needs to be a whole number of at least 0"),
+    ("--lr", "none", "--lr None: needs to be a finite number above 0"),
 ])
 def test_bad_flag_value_exits_2_with_the_valid_choices(xor_cache, tmp_path, capsys, flag, value, message):
     code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path), flag, value])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error:") and message in error
+
+
+def test_every_bad_flag_is_reported_at_once(xor_cache, tmp_path, capsys):
+    code = main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path),
+                 "--fusion", "sum", "--proj-dim", "0", "--lr", "-1", "--metric", "auc"])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and lines[0] == "error: "
+    # One line per problem, each "--flag value: what is wrong; what to do".
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["--fusion 'sum'", "--proj-dim 0", "--lr -1.0",
+                                                                  "--metric 'auc'"]
+    assert all("; " in line for line in lines[1:])
 
 
 def test_not_a_cache_exits_2(tmp_path, capsys):

@@ -5,8 +5,9 @@ batches arrive in another interleaving; the cache must not notice.
 """
 
 from conftest import assert_same_cache, cache_dir_of, load_all, with_flag
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.embed import cache
 
 
 def test_two_runs_give_byte_identical_caches(embed_args, tmp_path):

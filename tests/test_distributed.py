@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import assert_same_cache, load_all, with_flag, write_split
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.embed import cache
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

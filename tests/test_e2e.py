@@ -8,16 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.embed import cache
 from pipeline.__main__ import main
-from pipeline.e2e.trainer import MultimodalTrainer
-from pipeline.e2e.data import MultimodalDataCollator
-from pipeline.model.head import FusionHead, HeadConfig, load_head
 from pipeline.data.images import ImageSettings, load_image
-from pipeline.train.losses import weighted_cross_entropy
-from pipeline.model.classifier import build_encoders
-from pipeline.model.text_encoder import load_tokenizer
 from pipeline.data.splits import read_split
+from pipeline.e2e.data import MultimodalDataCollator
+from pipeline.e2e.trainer import MultimodalTrainer
+from pipeline.embed import cache
+from pipeline.model.classifier import build_encoders
+from pipeline.model.config import HeadConfig
+from pipeline.model.head import FusionHead, load_head
+from pipeline.model.text_encoder import load_tokenizer
+from pipeline.train.losses import weighted_cross_entropy
 
 
 def model_flags(tiny_bert, tiny_clip, dataset):
@@ -50,7 +51,8 @@ def test_run_folder_has_stage_two_files_and_exports(e2e_run):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("val", "test"):
-        for key in ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "loss", "threshold"):
+        for key in ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "loss",
+                    "threshold"):
             assert key in metrics[split]
     assert len(pd.read_csv(out / "predictions_test.csv")) == 8
     checkpoint = torch.load(out / "export" / "clip_lora.pt", weights_only=True)
@@ -151,7 +153,8 @@ def test_parity_head_on_cache_equals_end_to_end_logits(tiny_bert, tiny_clip, dat
     batch_features = [{"text": rows.texts[i], "pixels": load_image(dataset, rows.image_paths[i],
                        ImageSettings.from_model_folder(tiny_clip)), "labels": int(rows.labels[i])}
                       for i in range(len(rows))]
-    batch = MultimodalDataCollator(load_tokenizer(tiny_bert), ImageSettings.from_model_folder(tiny_clip))(batch_features)
+    batch = MultimodalDataCollator(load_tokenizer(tiny_bert),
+                                   ImageSettings.from_model_folder(tiny_clip))(batch_features)
     labels = batch.pop("labels")
     with torch.no_grad():
         end_to_end = model(**batch)
@@ -170,7 +173,7 @@ def test_parity_head_on_cache_equals_end_to_end_logits(tiny_bert, tiny_clip, dat
 def test_bad_flags_exit_2(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
     base = ["finetune-e2e", *model_flags(tiny_bert, tiny_clip, dataset), "--out", str(tmp_path / "r")]
     assert main(base + ["--train-image", "partial"]) == 2
-    assert "--train-image 'partial' needs to be one of: lora, frozen, full" in capsys.readouterr().err
+    assert "--train-image 'partial': not a valid choice; use one of: lora, frozen, full" in capsys.readouterr().err
     assert main(base + ["--resume"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
 

@@ -5,12 +5,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_cache, cache_dir_of, load_all, with_flag, write_split
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.data.images import ImageSettings, load_image
 from pipeline.data.splits import read_split
-from pipeline.data.images import ImageSettings, load_image, normalize_pixels
+from pipeline.embed import cache
+from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
 from pipeline.model.text_encoder import load_tokenizer
 
@@ -27,7 +28,7 @@ def test_each_row_equals_that_row_embedded_alone(embed_args, tiny_bert, tiny_cli
     for i in [0, 5, 13, len(rows) - 1]:
         pixels = torch.from_numpy(load_image(dataset, rows.image_paths[i], settings))[None]
         batch = dict(tokenizer([rows.texts[i]], return_tensors="pt"))
-        batch["pixel_values"] = normalize_pixels(pixels, settings)
+        batch["pixel_values"] = pixel_values(pixels, settings)
         with torch.no_grad():
             alone = model.encode(batch)
         assert np.allclose(cached.text_emb[i], alone["text_emb"][0].numpy(), atol=1e-5)
@@ -71,7 +72,8 @@ def test_changed_inputs_are_detected(embed_args, tiny_bert, dataset, tmp_path, c
     if change == "text_model":
         other = tmp_path / "bert2"
         shutil.copytree(tiny_bert, other)
-        (other / "config.json").write_text((other / "config.json").read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
+        (other / "config.json").write_text(
+            (other / "config.json").read_text().replace('"hidden_act": "gelu"', '"hidden_act": "relu"'))
         args = with_flag(args, "--text-model", str(other))
     elif change == "clip_lora":
         state = torch.load(lora, weights_only=True)
@@ -157,7 +159,7 @@ def test_image_pattern_when_there_is_no_path_column(embed_args, dataset, tmp_pat
 def test_flag_errors_exit_2_without_traceback(embed_args, capsys):
     assert main(embed_args + ["--pooling", "max"]) == 2
     err = capsys.readouterr().err
-    assert "--pooling 'max' needs to be one of: cls, mean" in err
+    assert "--pooling 'max': not a valid choice; use one of: cls, mean" in err
     assert main(with_flag(embed_args, "--text-model", "/no/such/folder")) == 2
     assert "--text-model /no/such/folder: no such folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:

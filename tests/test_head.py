@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.model.head import FUSIONS, FusionHead, HeadConfig, load_head, save_head
+from pipeline.model.config import FUSIONS, HeadConfig
+from pipeline.model.head import FusionHead, load_head, save_head
 from tests.helpers import IMAGE_DIM, TEXT_DIM, small_head
 
 
@@ -35,10 +36,10 @@ def test_modalities_are_parsed_into_one_order():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"fusion": "sum"}, "fusion 'sum': needs to be one of concat, max, mean, gated"),
+    ({"fusion": "sum"}, "--fusion 'sum': not a valid choice; use one of: concat, max, mean, gated"),
     ({"modalities": "text,audio"}, "one or both of text, image"),
     ({"modalities": "text,text"}, "without repeats"),
-    ({"proj_dim": 0}, "proj_dim 0: needs to be a positive integer"),
+    ({"proj_dim": 0}, "--proj-dim 0: needs to be a whole number of at least 1"),
     ({"dropout": 1.0}, "dropout 1.0"),
 ])
 def test_bad_config_names_the_field_and_the_choices(overrides, message):

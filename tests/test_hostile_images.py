@@ -10,13 +10,13 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import cache_dir_of, rgb_noise, with_flag, write_split
 from PIL import Image, ImageFile
 from transformers import CLIPImageProcessor
 
-from conftest import cache_dir_of, rgb_noise, with_flag, write_split
-from pipeline.embed import cache
 from pipeline.__main__ import main
 from pipeline.data.images import ImageSettings, load_image
+from pipeline.embed import cache
 
 SETTINGS = ImageSettings(size=32, draft=False)
 
@@ -27,7 +27,8 @@ def png_header_only(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+            + chunk(b"IEND", b""))
 
 
 def save_bytes(image, fmt, **kwargs):
@@ -178,7 +179,8 @@ def test_extreme_aspect_ratio_resizes_only_what_the_crop_keeps(tmp_path, monkeyp
     (tmp_path / "strip.jpg").write_bytes(embeddable_files()["strip.jpg"])
     sizes = []
     real_resize = Image.Image.resize
-    monkeypatch.setattr(Image.Image, "resize", lambda image, size, *a, **k: sizes.append(size) or real_resize(image, size, *a, **k))
+    monkeypatch.setattr(Image.Image, "resize",
+                        lambda image, size, *a, **k: sizes.append(size) or real_resize(image, size, *a, **k))
     pixels = load_image(tmp_path, "strip.jpg", ImageSettings(size=224))
     assert pixels.shape == (224, 224, 3) and (pixels == (40, 50, 60)).all()
     assert max(w * h for w, h in sizes) <= 224 * 224  # not 224 x 22,400,000 (15 GB) before the crop

@@ -3,11 +3,11 @@
 import re
 
 import pytest
-
 from conftest import cache_dir_of, with_flag
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
 from pipeline.data.splits import read_split
+from pipeline.embed import cache
 
 HEADER = "id\tclean_title\t2_way_label\tlocal_image_path"
 
@@ -84,7 +84,8 @@ def test_malformed_tables_are_errors_naming_the_line(embed_args, dataset, capsys
 
 
 def test_bad_image_error_names_the_real_line_after_blank_lines(embed_args, dataset, capsys):
-    (dataset / "test.tsv").write_bytes(tsv("a\tthe cat\t1\timages/te0000.jpg", "", "", "b\tthe dog\t0\timages/gone.jpg"))
+    (dataset / "test.tsv").write_bytes(
+        tsv("a\tthe cat\t1\timages/te0000.jpg", "", "", "b\tthe dog\t0\timages/gone.jpg"))
     assert main(with_flag(embed_args, "--splits", "test") + ["--on-bad-image", "fail"]) == 2
     assert "test.tsv: line 5, column local_image_path 'images/gone.jpg': missing file" in capsys.readouterr().err
 

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import rgb_noise
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from conftest import rgb_noise
-from pipeline.data.images import BadImage, ImageSettings, load_image, normalize_pixels
+from pipeline.data.images import BadImage, ImageSettings, load_image
+from pipeline.model.batch import pixel_values
 
 SETTINGS = ImageSettings(size=32, draft=False)
 
@@ -49,7 +50,7 @@ def test_matches_clip_image_processor(tmp_path):
     image.save(tmp_path / "a.png")
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     expected = processor(images=image, return_tensors="pt")["pixel_values"]
-    ours = normalize_pixels(torch.from_numpy(load_image(tmp_path, "a.png", SETTINGS))[None], SETTINGS)
+    ours = pixel_values(torch.from_numpy(load_image(tmp_path, "a.png", SETTINGS))[None], SETTINGS)
     assert ours.shape == expected.shape
     assert (ours - expected).abs().max() < 0.02  # rounding to uint8 before normalising
 
@@ -107,8 +108,9 @@ def test_fast_path_embeddings_match_the_clip_processor(tiny_clip, tmp_path):
     settings = ImageSettings.from_model_folder(tiny_clip)  # draft decoding on, as embed runs
     processor = CLIPImageProcessor.from_pretrained(tiny_clip)
     encoder = load_image_encoder(tiny_clip).eval()
-    fast = normalize_pixels(torch.from_numpy(np.stack([load_image(tmp_path, n, settings) for n in names])), settings)
-    plain = processor(images=[Image.open(tmp_path / n).convert("RGB") for n in names], return_tensors="pt")["pixel_values"]
+    fast = pixel_values(torch.from_numpy(np.stack([load_image(tmp_path, n, settings) for n in names])), settings)
+    plain = processor(images=[Image.open(tmp_path / n).convert("RGB") for n in names],
+                      return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(encoder(fast), encoder(plain))
     assert (cosine >= 0.999).all(), cosine

@@ -17,10 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from conftest import assert_same_cache, embed_flags, load_all, make_dataset
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.embed import cache
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ("batch", "part", "manifest")
@@ -202,7 +202,7 @@ def test_a_full_disk_leaves_no_part_behind_and_says_so(flags, reference, tmp_pat
     err = capsys.readouterr().err
     assert "Traceback" not in err and "rerun the same command" in err
     assert err.splitlines()[-1].startswith(f"error: {cache_dir / 'train' / 'part-00002.parquet'}: could not write "
-                                           "the cache (disk full: [Errno 28] No space left on device")
+                                           "(disk full: [Errno 28] No space left on device")
     assert not temp_files(cache_dir) and not (cache_dir / "train" / "part-00002.parquet").exists()
     for path in cache_dir.rglob("part-*.parquet"):
         pq.read_metadata(path)  # every part left is whole

@@ -5,13 +5,13 @@ import pickle
 import peft
 import pytest
 import torch
+from conftest import build_tiny_clip, tiny_clip_config
 from safetensors.torch import save_file
 from transformers import CLIPModel
 
-from conftest import build_tiny_clip, tiny_clip_config
-from pipeline.model.image_encoder import load_image_encoder
 from pipeline.errors import UserError
 from pipeline.model.checkpoint import apply_clip_checkpoint
+from pipeline.model.image_encoder import load_image_encoder
 
 RANK, ALPHA = 4, 8
 

@@ -10,10 +10,10 @@ import re
 import shutil
 
 import pytest
-
 from conftest import assert_same_cache, embed_flags, load_all, make_dataset, with_flag
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.embed import cache
 from pipeline.errors import UserError
 
 
@@ -24,7 +24,8 @@ def built(tiny_bert, tiny_clip, tmp_path_factory):
     data = make_dataset(root / "data", counts=(("train", 16), ("val", 8)))
     args = embed_flags(data, tiny_bert, tiny_clip, root / "cache") + ["--splits", "train,val"]
     assert main(args) == 0
-    return {"root": root, "data": data, "args": args, "cache": root / "cache", "values": load_all(root / "cache", ("train", "val"))}
+    return {"root": root, "data": data, "args": args, "cache": root / "cache",
+            "values": load_all(root / "cache", ("train", "val"))}
 
 
 def edited_clip_copy(tiny_clip, folder, file, edit):

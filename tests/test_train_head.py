@@ -8,9 +8,9 @@ import torch
 from pipeline.embed.cache import CachedSplit, write_cache
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead
+from pipeline.train.fit import fit, load_cached_splits, predict, to_features, train_head
 from pipeline.train.losses import class_weights
 from pipeline.train.metrics import compute_metrics
-from pipeline.train.fit import fit, load_cached_splits, predict, to_features, train_head
 from tests.helpers import small_head, small_splits, small_train
 
 

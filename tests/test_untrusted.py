@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import embed_flags, make_dataset, with_flag
-from pipeline.embed import cache
+
 from pipeline.__main__ import main
+from pipeline.embed import cache
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 # The rooms that stage one runs: it writes Parquet and JSON only.

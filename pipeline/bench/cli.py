@@ -10,9 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.bench import suite as bench
-from pipeline.bench.data import build_base_models
-from pipeline.embed.run import EmbedConfig, run_embed
+from pipeline.embed.config import EmbedConfig
+from pipeline.errors import UserError
 
 CONFIGS = ("demo", "base")
 
@@ -21,7 +20,8 @@ def add_arguments(parser):
     parser.add_argument("--out", default="runs/bench", help="folder for results.json and results.md")
     parser.add_argument("--configs", default="demo,base", help=f"model configurations: {', '.join(CONFIGS)}")
     parser.add_argument("--demo-dir", default="data/demo", help="the demo data (make demo-data)")
-    parser.add_argument("--text-model", default="minilm", help="demo text model; minilm = the packaged all-MiniLM-L6-v2")
+    parser.add_argument("--text-model", default="minilm",
+                        help="demo text model; minilm = the packaged all-MiniLM-L6-v2")
     parser.add_argument("--rows-demo", type=int, default=400, help="rows for the demo configuration")
     parser.add_argument("--rows-base", type=int, default=192, help="rows for the base configuration")
     parser.add_argument("--photos", type=int, default=24, help="2-4 MP photos for the decoding figure")
@@ -29,14 +29,18 @@ def add_arguments(parser):
     parser.add_argument("--load-rows", type=int, default=50_000, help="rows of the cache-loading figure")
     parser.add_argument("--head-rows", type=int, default=100_000, help="rows of the head benchmark")
     parser.add_argument("--batch-size", type=int, default=64, help="stage one batch size")
-    parser.add_argument("--num-workers", type=int, default=-1, help="stage one DataLoader workers (-1 = auto, as embed)")
+    parser.add_argument("--num-workers", type=int, default=-1,
+                        help="stage one DataLoader workers (-1 = auto, as embed)")
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
-    parser.add_argument("--gpu-util", action="store_true", help="sample GPU utilisation with nvidia-smi during the embed figures")
+    parser.add_argument("--gpu-util", action="store_true",
+                        help="sample GPU utilisation with nvidia-smi during the embed figures")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: embed,decode,memory,cache,head")
 
 
 def run(args):
-    from pipeline.errors import UserError
+    from pipeline.bench import suite as bench  # torch and transformers: only when the command runs
+    from pipeline.bench.data import build_base_models
+    from pipeline.embed.run import run_embed
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if any(c not in CONFIGS for c in configs):
@@ -47,7 +51,8 @@ def run(args):
     if needs_demo and not (demo / "clip").is_dir():
         raise UserError(f"--demo-dir {demo}: no demo data; run `make demo-data` first")
     text_model = _text_model(args.text_model) if needs_demo else None
-    work = Path(tempfile.mkdtemp(prefix="bench-", dir=Path(args.out).parent if Path(args.out).parent.exists() else None))
+    work = Path(tempfile.mkdtemp(prefix="bench-",
+                                 dir=Path(args.out).parent if Path(args.out).parent.exists() else None))
     results = {"machine": bench.machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         models = {"demo": (text_model, demo / "clip", args.rows_demo, "preview")} if needs_demo else {}
@@ -81,7 +86,9 @@ def run(args):
 
 
 def _finish(out, results):
-    out = bench.write_results(out, results)
+    from pipeline.bench.suite import write_results
+
+    out = write_results(out, results)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0

@@ -25,15 +25,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import CLIPImageProcessor
 
-from pipeline.embed import cache
 from pipeline.bench.data import make_images, write_tsvs
-from pipeline.model.image_encoder import load_image_encoder
+from pipeline.data.images import ImageSettings, load_image, resize_and_crop
 from pipeline.data.splits import read_split
-from pipeline.embed.run import EmbedConfig, run_embed
 from pipeline.device import autocast, decode_workers, resolve_device
+from pipeline.embed import cache
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.loader import plan_batches
-from pipeline.data.images import ImageSettings, load_image, normalize_pixels, resize_and_crop
+from pipeline.embed.run import run_embed
+from pipeline.model.batch import pixel_values, tokenize_titles
 from pipeline.model.classifier import build_encoders
+from pipeline.model.image_encoder import load_image_encoder
 from pipeline.model.text_encoder import load_tokenizer
 
 
@@ -77,8 +79,7 @@ def time_embed_loop(config):
 
 def warm_up(model, tokenizer, rows, config, settings, device):
     """One forward pass first, so one-off kernel selection is timed in neither measurement."""
-    batch = dict(tokenizer(rows.texts[:config.batch_size], padding="longest", truncation=True,
-                           max_length=config.max_length, return_tensors="pt"))
+    batch = tokenize_titles(tokenizer, rows.texts[:config.batch_size], config.max_length)
     batch["pixel_values"] = torch.randn(len(batch["input_ids"]), 3, settings.size, settings.size)
     with torch.inference_mode(), autocast(device):
         model.encode({k: v.to(device) for k, v in batch.items()})
@@ -98,8 +99,7 @@ def forward_only_rows_per_s(model, tokenizer, rows, config, settings):
     device = next(model.parameters()).device
     inputs = []
     for batch in batches:
-        text = dict(tokenizer([rows.texts[r] for r in batch], padding="longest", truncation=True,
-                              max_length=config.max_length, return_tensors="pt"))
+        text = tokenize_titles(tokenizer, [rows.texts[r] for r in batch], config.max_length)
         text["pixel_values"] = torch.randn(len(batch), 3, settings.size, settings.size)
         inputs.append({k: v.to(device) for k, v in text.items()})
     warm_up(model, tokenizer, rows, config, settings, device)
@@ -145,7 +145,8 @@ def bench_embed(work, name, text_model, clip_model, rows, kind, batch_size, num_
                          cache_dir=str(work / f"cache-{name}"), splits=("train",), batch_size=batch_size,
                          num_workers=num_workers, device=device, part_rows=max(rows // 4, 64))
     seconds = time_embed(config)
-    loop_rate, model, tokenizer, split_rows, settings = time_embed_loop(replace(config, cache_dir=str(work / f"loop-{name}")))
+    loop_rate, model, tokenizer, split_rows, settings = time_embed_loop(
+        replace(config, cache_dir=str(work / f"loop-{name}")))
     forward_rate = forward_only_rows_per_s(model, tokenizer, split_rows, config, settings)
     naive_rate = naive_rows_per_s(model, config, split_rows)
     return {
@@ -172,8 +173,8 @@ def bench_decode(work, count, clip_model):
     plain_seconds = time.perf_counter() - started
     model = load_image_encoder(clip_model).eval()
     with torch.inference_mode():
-        a = model(normalize_pixels(torch.from_numpy(np.stack(fast)), settings))
-        b = model(normalize_pixels(torch.from_numpy(np.stack(plain)), settings))
+        a = model(pixel_values(torch.from_numpy(np.stack(fast)), settings))
+        b = model(pixel_values(torch.from_numpy(np.stack(plain)), settings))
     cosine = torch.nn.functional.cosine_similarity(a, b).numpy()
     return {"photos": count, "speedup": round(plain_seconds / fast_seconds, 2),
             "ms_per_photo_fast": round(1000 * fast_seconds / count, 1),
@@ -194,7 +195,7 @@ def bench_memory(work, text_model, clip_model, rows):
     for n in (rows, 10 * rows):
         data = prepare_data(work / f"rss-data-{n}", n, "preview", seed=3)
         peaks[n] = child_peak_rss(
-            "from pipeline.embed.run import EmbedConfig, run_embed\n"
+            "from pipeline.embed.config import EmbedConfig\nfrom pipeline.embed.run import run_embed\n"
             f"run_embed(EmbedConfig(data_dir={str(data)!r}, text_model={str(text_model)!r}, "
             f"clip_model={str(clip_model)!r}, cache_dir={str(work / f'rss-cache-{n}')!r}, splits=('train',), "
             "num_workers=0, device='cpu', part_rows=256), log=lambda *_: None)"
@@ -235,8 +236,9 @@ def bench_cache_load(work, rows, dims=(768, 512)):
 def bench_cache_dtype(cache_dir, work):
     """Bytes per row with float32 and float16 storage, and the test macro-F1 change float16 causes."""
     from pipeline.embed.cache import write_cache
-    from pipeline.model.head import HeadConfig
-    from pipeline.train.fit import TrainConfig, train_head
+    from pipeline.model.config import HeadConfig
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.fit import train_head
 
     manifest = cache.read_manifest(cache_dir)
     splits = {name: cache.load_split(cache_dir, name) for name in manifest["splits"]}
@@ -263,11 +265,14 @@ def bench_head(rows, demo_cache, demo_config):
 def head_vs_e2e_epoch(cache_dir, data):
     """One head epoch on the cached train rows against one end-to-end epoch (full text, LoRA image)
     on the same rows, both with stage two's and the Trainer's default batch sizes."""
+    from pipeline.e2e.config import FinetuneConfig
     from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
-    from pipeline.e2e.run import FinetuneConfig, _build_model
-    from pipeline.model.head import FusionHead, HeadConfig
+    from pipeline.e2e.run import build_model
+    from pipeline.model.config import HeadConfig
+    from pipeline.model.head import FusionHead
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.fit import to_features, train_epoch
     from pipeline.train.losses import class_weights
-    from pipeline.train.fit import TrainConfig, _train_epoch, to_features
 
     split = cache.load_split(cache_dir, "train")
     dims = cache.read_manifest(cache_dir)["dims"]
@@ -276,14 +281,14 @@ def head_vs_e2e_epoch(cache_dir, data):
     weights = class_weights(split.labels)
     optimizer = torch.optim.AdamW(head.parameters(), lr=train.lr)
     started = time.perf_counter()
-    _train_epoch(head, optimizer, to_features(split, "cpu"), torch.from_numpy(split.labels), weights, train,
+    train_epoch(head, optimizer, to_features(split, "cpu"), torch.from_numpy(split.labels), weights, train,
                  torch.Generator().manual_seed(0))
     head_seconds = time.perf_counter() - started
 
     settings = ImageSettings.from_model_folder(data.clip_model)
     rows = read_split(data.data_dir, "train")
     keep, _ = scan_rows(rows, data.resolved_image_root, settings, workers=0)
-    model, _ = _build_model(data, FinetuneConfig())
+    model, _ = build_model(data, FinetuneConfig())
     model.train()
     collate = MultimodalDataCollator(load_tokenizer(data.text_model), settings, data.max_length)
     loader = DataLoader(E2ERows(rows, keep, data.resolved_image_root, settings), batch_size=16, shuffle=True,

@@ -3,8 +3,8 @@
 `load_image` returns a (S, S, 3) uint8 array already resized (shortest side to
 S, bicubic) and centre-cropped the way CLIP's image processor does it, or
 raises `BadImage` with a short reason that goes into `skipped.tsv`.
-Normalisation happens later on whole batches (see `normalize_pixels`), so the
-per-image work in the DataLoader workers is decode + resize only.
+Normalisation happens later on whole batches (`pipeline.model.batch.pixel_values`),
+so the per-image work in the DataLoader workers is decode + resize only.
 """
 
 import json
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
@@ -155,11 +154,3 @@ def resize_and_crop(image, size):
     if new_size != image.size:
         image = image.resize(new_size, Image.Resampling.BICUBIC)
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def normalize_pixels(pixels_uint8, settings, dtype=torch.float32):
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch."""
-    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
-    mean = torch.tensor(settings.mean, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(settings.std, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std

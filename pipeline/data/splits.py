@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline.errors import UserError
 
 CLASS_NAMES = ("fake", "real")  # index = 2_way_label value
+SPLITS = ("train", "val", "test")  # the splits training reads; stage one embeds any named with --splits
 LABEL_COLUMN = "2_way_label"
 TEXT_COLUMNS = ("clean_title", "title")
 IMAGE_COLUMN = "local_image_path"
@@ -117,7 +118,8 @@ def _read_tsv(path):
                 if len(fields) != len(header):
                     hint = "a tab inside a title? quote the field or remove the tab" if len(fields) > len(header) \
                         else "a missing field?"
-                    raise UserError(f"{path}: line {start} has {len(fields)} fields, the header has {len(header)} ({hint})")
+                    raise UserError(f"{path}: line {start} has {len(fields)} fields, "
+                                    f"the header has {len(header)} ({hint})")
                 values = [fields[index] for index in wanted]
                 if not "".join(values).isascii():
                     values, repaired = _replace_bad_bytes(values)
@@ -216,4 +218,5 @@ def _image_paths(frame, ids, image_pattern, path):
     try:
         return [image_pattern.format(id=key) for key in ids]
     except (KeyError, IndexError, ValueError) as error:
-        raise UserError(f"--image-pattern {image_pattern!r} is not valid ({error}); use a pattern like '{{id}}.jpg'") from None
+        raise UserError(f"--image-pattern {image_pattern!r} is not valid ({error}); "
+                        "use a pattern like '{id}.jpg'") from None

@@ -5,9 +5,11 @@ stopping with best-model restore and stage two's metrics; exports encoders that
 `make embed` takes as they are (see OUT/export/embed.sh).
 """
 
-from pipeline.config import add_config_arguments, config_from_args
-from pipeline.e2e.run import FinetuneConfig, run_finetune
-from pipeline.embed.run import EmbedConfig
+from pipeline.config import add_config_arguments, config_from_args, configs_from_args
+from pipeline.e2e.config import TRAIN_DEFAULTS, TRAIN_FIELDS_UNUSED, FinetuneConfig
+from pipeline.embed.config import EmbedConfig
+from pipeline.model.config import HeadConfig
+from pipeline.train.config import TrainConfig
 
 # Stage one's flags that make no sense here (the cache) get a placeholder.
 _UNUSED_EMBED_FLAGS = {"cache_dir": "-"}
@@ -18,9 +20,16 @@ def add_arguments(parser):
     add_config_arguments(data, EmbedConfig, defaults={**_UNUSED_EMBED_FLAGS, "batch_size": 16}, skip=(
         "cache_dir", "on_stale", "part_rows", "cache_dtype"))
     add_config_arguments(parser.add_argument_group("fine-tuning"), FinetuneConfig)
+    add_config_arguments(parser.add_argument_group("head (as for train-head)"), HeadConfig,
+                         skip=("text_dim", "image_dim"))
+    add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
+                         defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
 
 
 def run(args):
-    data = config_from_args(EmbedConfig, args, **_UNUSED_EMBED_FLAGS)
-    run_finetune(data, config_from_args(FinetuneConfig, args))
+    from pipeline.e2e.run import run_finetune  # torch, transformers and peft: only when the command runs
+
+    data, head, train = configs_from_args(args, EmbedConfig, HeadConfig, TrainConfig,
+                                          EmbedConfig=_UNUSED_EMBED_FLAGS)
+    run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train))
     return 0

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.images import BadImage, load_image, normalize_pixels
+from pipeline.data.images import BadImage, load_image
+from pipeline.model.batch import prepare_batch
 
 
 class E2ERows(Dataset):
@@ -35,19 +36,15 @@ class E2ERows(Dataset):
 
 @dataclass
 class MultimodalDataCollator:
-    """Tokenises titles with padding to the batch's longest and normalises pixels as stage one does."""
+    """The Trainer's collator: stage one's batch preparation (`prepare_batch`) plus the labels."""
 
     tokenizer: object
     settings: object
     max_length: int = 128
 
     def __call__(self, features):
-        batch = dict(self.tokenizer(
-            [f["text"] for f in features], padding="longest", truncation=True,
-            max_length=self.max_length, return_tensors="pt",
-        ))
         pixels = torch.from_numpy(np.stack([f["pixels"] for f in features]))  # (B, S, S, 3) uint8
-        batch["pixel_values"] = normalize_pixels(pixels, self.settings)
+        batch = prepare_batch(self.tokenizer, [f["text"] for f in features], pixels, self.max_length, self.settings)
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch
 

@@ -8,74 +8,27 @@ export/ (see pipeline.export).
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
-from pipeline.embed.cache import write_skipped
-from pipeline.data.splits import read_split
-from pipeline.device import decode_workers, resolve_device
-from pipeline.e2e.trainer import IMAGE_MODES, TEXT_MODES, MultimodalTrainer, configure_trainable, early_stopping, metrics_from_logits
-from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
-from pipeline.config import help_field
-from pipeline.errors import UserError
-from pipeline.e2e.export import export_model
-from pipeline.model.head import FusionHead, HeadConfig, check_dims, load_head
 from pipeline.data.images import ImageSettings
-from pipeline.train.losses import class_weights, weighted_cross_entropy
-from pipeline.train.metrics import shown
+from pipeline.data.splits import SPLITS, read_split
+from pipeline.device import decode_workers, resolve_device
+from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
+from pipeline.e2e.export import export_model
+from pipeline.e2e.trainer import MultimodalTrainer, configure_trainable, metrics_from_logits
+from pipeline.embed.cache import write_skipped
+from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
+from pipeline.model.head import FusionHead, check_dims, load_head
 from pipeline.model.text_encoder import load_tokenizer
-from pipeline.train.fit import STOP_METRICS, FitResult, HeadRun, score_probabilities
-from pipeline.train.run_folder import write_run
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """What end-to-end fine-tuning adds to stage one's data and model settings."""
-
-    out: str = help_field("run folder", default="runs/e2e")
-    train_text: str = help_field(f"text encoder: {', '.join(TEXT_MODES)}", default="full")
-    train_image: str = help_field(f"CLIP image encoder: {', '.join(IMAGE_MODES)}", default="lora")
-    lora_rank: int = help_field("rank of the LoRA adapters trained here", default=8)
-    lora_train_alpha: float = help_field("alpha of the LoRA adapters trained here", default=16.0)
-    lora_targets: tuple = help_field("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
-    text_lora_targets: tuple = help_field("text modules that get LoRA (with --train-text lora)", default=("query", "value"))
-    lr_encoder: float = help_field("learning rate of the encoders (and their LoRA)", default=2e-5)
-    lr_head: float = help_field("learning rate of the fusion head", default=1e-3)
-    weight_decay: float = help_field("AdamW weight decay", default=0.01)
-    max_epochs: int = help_field("most epochs", default=3)
-    patience: int = help_field("epochs without a better validation metric before stopping", default=2)
-    metric: str = help_field(f"validation metric for early stopping and best-model restore: {', '.join(STOP_METRICS)}",
-                        default="f1_macro")
-    eval_batch_size: int = help_field("rows per evaluation step", default=64)
-    grad_accum: int = help_field("gradient accumulation steps", default=1)
-    grad_checkpointing: bool = help_field("recompute activations in the backward pass to save memory", default=False)
-    class_weights: str = help_field("balanced, none or 'w_fake,w_real'", default="balanced")
-    modalities: tuple = help_field("head inputs: text, image or text,image", default=("text", "image"))
-    fusion: str = help_field("concat, max, mean or gated", default="concat")
-    proj_dim: int = help_field("head projection width", default=128)
-    hidden_dim: int = help_field("head hidden width", default=128)
-    dropout: float = help_field("head dropout", default=0.1)
-    init_head: str = help_field("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
-    resume: bool = help_field("continue from the last checkpoint in OUT/checkpoints", default=False)
-    seed: int = help_field("seed for initialisation, dropout and data order", default=0)
-
-    def __post_init__(self):
-        problems = []
-        for name, choices in (("train_text", TEXT_MODES), ("train_image", IMAGE_MODES), ("metric", STOP_METRICS)):
-            if getattr(self, name) not in choices:
-                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r} needs to be one of: {', '.join(choices)}")
-        for name in ("lora_rank", "max_epochs", "patience", "eval_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name.replace('_', '-')} must be at least 1")
-        if problems:
-            raise UserError("; ".join(problems))
+from pipeline.train.losses import class_weights, weighted_cross_entropy
+from pipeline.train.metrics import score_probabilities, shown
+from pipeline.train.run_folder import FitResult, HeadRun, write_run
 
 
 def run_finetune(data, config, log=print):
@@ -87,18 +40,19 @@ def run_finetune(data, config, log=print):
     out = Path(config.out)
     if int(os.environ.get("RANK", "0")) != 0:
         log = lambda *_: None  # noqa: E731 - one rank speaks
-    set_seed(config.seed)
+    set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
     splits, datasets, skipped = _load_rows(data, settings, log)
-    model, lora_summary = _build_model(data, config)
+    model, lora_summary = build_model(data, config)
     tokenizer = load_tokenizer(data.text_model)
-    weights = class_weights(splits["train"].labels[datasets["train"].keep], config.class_weights)
+    weights = class_weights(splits["train"].labels[datasets["train"].keep], config.train.class_weights)
     trainer = MultimodalTrainer(
         model=model, args=_training_arguments(config, data, out, device),
         train_dataset=datasets["train"], eval_dataset=datasets["val"],
         data_collator=MultimodalDataCollator(tokenizer, settings, data.max_length),
-        compute_metrics=metrics_from_logits, callbacks=[early_stopping(config.patience)],
+        compute_metrics=metrics_from_logits,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.train.patience)],
         class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
     )
     if trainer.is_world_process_zero():
@@ -136,7 +90,7 @@ def _load_rows(data, settings, log):
     return splits, datasets, skipped
 
 
-def _build_model(data, config):
+def build_model(data, config):
     model, lora_summary = build_encoders(data.text_model, data.clip_model, data.clip_lora, data.lora_alpha,
                                          data.pooling, data.clip_embedding)
     dims = model.dims
@@ -145,9 +99,7 @@ def _build_model(data, config):
         head = load_head(folder / "head" if (folder / "head").is_dir() else folder)
         check_dims(head.config, dims, source="the encoders of --text-model/--clip-model", head_name=str(folder))
     else:
-        head = FusionHead(HeadConfig(modalities=config.modalities, fusion=config.fusion, text_dim=dims["text"],
-                                     image_dim=dims["image"], proj_dim=config.proj_dim,
-                                     hidden_dim=config.hidden_dim, dropout=config.dropout))
+        head = FusionHead(replace(config.head, text_dim=dims["text"], image_dim=dims["image"]))
     model.head = head.train()
     configure_trainable(model, config.train_text, config.train_image, config.lora_rank, config.lora_train_alpha,
                         config.lora_targets, config.text_lora_targets)
@@ -161,12 +113,13 @@ def _build_model(data, config):
 def _training_arguments(config, data, out, device):
     return TrainingArguments(
         output_dir=str(out / "checkpoints"), eval_strategy="epoch", save_strategy="epoch",
-        logging_strategy="epoch", load_best_model_at_end=True, metric_for_best_model=config.metric,
-        greater_is_better=config.metric != "loss", save_total_limit=2, num_train_epochs=config.max_epochs,
+        logging_strategy="epoch", load_best_model_at_end=True, metric_for_best_model=config.train.metric,
+        greater_is_better=config.train.metric != "loss", save_total_limit=2, num_train_epochs=config.train.max_epochs,
         per_device_train_batch_size=data.batch_size, per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay,
-        learning_rate=config.lr_encoder, seed=config.seed, data_seed=config.seed, report_to="none",
-        bf16=device.type == "cuda", use_cpu=device.type == "cpu", dataloader_num_workers=decode_workers(data.num_workers, device),
+        gradient_accumulation_steps=config.grad_accum, weight_decay=config.train.weight_decay,
+        learning_rate=config.lr_encoder, seed=config.train.seed, data_seed=config.train.seed, report_to="none",
+        bf16=device.type == "cuda", use_cpu=device.type == "cpu",
+        dataloader_num_workers=decode_workers(data.num_workers, device),
         remove_unused_columns=False, label_names=["labels"], ddp_find_unused_parameters=False,
     )
 
@@ -216,7 +169,8 @@ def _evaluate(trainer, splits, datasets, weights):
         target = torch.as_tensor(output.label_ids).long()
         expected = splits[name].labels[datasets[name].keep]
         if not np.array_equal(target.numpy(), expected):  # predictions must line up with the ids below
-            raise RuntimeError(f"{name}: gathered predictions are not in dataset order ({len(target)} vs {len(expected)} rows)")
+            raise RuntimeError(f"{name}: gathered predictions are not in dataset order "
+                               f"({len(target)} vs {len(expected)} rows)")
         probs[name] = torch.softmax(logits, dim=-1)[:, 1].numpy()
         losses[name] = float(weighted_cross_entropy(logits, target, weights))
         labels[name] = target.numpy()
@@ -236,7 +190,8 @@ def _history(state):
         if "loss" in entry:
             rows.setdefault(epoch, {"epoch": epoch})["train_loss"] = entry["loss"]
         for key, value in entry.items():
-            if key.startswith("eval_") and key not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
+            if key.startswith("eval_") and key not in (
+                    "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
                 rows.setdefault(epoch, {"epoch": epoch})["val_" + key[5:]] = value
     history = [rows[e] for e in sorted(rows) if e > 0]
     best = state.best_model_checkpoint

@@ -9,13 +9,10 @@ encoder (full, frozen or LoRA). The encoders are exported in the forms
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import EarlyStoppingCallback, Trainer
+from transformers import Trainer
 
 from pipeline.train.losses import weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics
-
-TEXT_MODES = ("full", "frozen", "lora")
-IMAGE_MODES = ("lora", "frozen", "full")
 
 
 class MultimodalTrainer(Trainer):
@@ -78,7 +75,3 @@ def configure_trainable(model, train_text, train_image, lora_rank, lora_alpha, l
         model.image_encoder.requires_grad_(train_image == "full")
     model.head.requires_grad_(True)
     return model
-
-
-def early_stopping(patience):
-    return EarlyStoppingCallback(early_stopping_patience=patience)

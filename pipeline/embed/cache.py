@@ -14,11 +14,7 @@ file and renamed, so a crash never leaves half a part under the real name; a
 write that fails (disk full) removes its temp file and raises `UserError`.
 """
 
-import errno
-import hashlib
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
+from pipeline.files import file_sha256, write_atomic, write_json_atomic, writing
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -81,19 +79,12 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
     })
     path = Path(path)
-    tmp = _temp_name(path)
-    with _writing(path):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, tmp)
-            _fsync(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
+    def write(tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp)
 
-def _temp_name(path):
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_atomic(path, write)
 
 
 def remove_temp_files(cache_dir):
@@ -101,44 +92,6 @@ def remove_temp_files(cache_dir):
     cache_dir = Path(cache_dir)
     for tmp in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("*/.part-*.tmp")]:
         tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def _writing(path):
-    """A failed write (disk full, no permission) as a clear error naming the file."""
-    try:
-        yield
-    except OSError as error:  # pyarrow's IO errors are OSErrors too
-        full = error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
-        raise UserError(
-            f"{path}: could not write the cache ({'disk full: ' if full else ''}{error}); "
-            "free space (or fix the folder) and rerun the same command: finished parts are kept"
-        ) from None
-
-
-def _fsync(path):
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path, payload):
-    path = Path(path)
-    tmp = _temp_name(path)
-    with _writing(path):
-        try:
-            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-            _fsync(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_part_notes(path):
@@ -250,7 +203,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     the parts' summed counts, and whatever `split_notes[split]` adds.
     """
     cache_dir = Path(cache_dir)
-    classes = {"0": "fake", "1": "real"}
+    classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
     manifest_splits, skipped_rows = {}, []
     for split, rows_read in splits.items():
         parts, embedded, reasons, counts = [], 0, {}, {}
@@ -275,7 +228,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
             "rows_skipped": skipped, "skipped_by_reason": reasons, "parts": parts,
             "class_counts": class_counts, **counts, **(split_notes or {}).get(split, {}),
         }
-    with _writing(cache_dir / SKIPPED_NAME):
+    with writing(cache_dir / SKIPPED_NAME):
         write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,

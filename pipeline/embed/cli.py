@@ -6,9 +6,8 @@ Under `torchrun --nproc_per_node N -m pipeline embed ...` each process embeds a
 disjoint share of the parts and the result is the same cache.
 """
 
-from pipeline import distributed
 from pipeline.config import add_config_arguments, config_from_args
-from pipeline.embed.run import EmbedConfig, run_embed
+from pipeline.embed.config import EmbedConfig
 
 
 def add_arguments(parser):
@@ -16,6 +15,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    from pipeline import distributed  # torch: only when the command runs
+    from pipeline.embed.run import run_embed
+
     config = config_from_args(EmbedConfig, args)
     group = distributed.join(config.device)
     try:

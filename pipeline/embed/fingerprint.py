@@ -4,7 +4,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline.embed.cache import file_sha256
+from pipeline.files import file_sha256
 
 
 def path_sha256(path):

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.images import BadImage, load_image
+from pipeline.model.batch import tokenize_titles
 
 
 @dataclass
@@ -66,9 +67,7 @@ class Collate:
         if good:
             pixels = torch.from_numpy(np.stack([items[i][1] for i in good]))
             titles = [self.texts[rows[i]] for i in good]
-            text = dict(self.tokenizer(
-                titles, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt",
-            ))
+            text = tokenize_titles(self.tokenizer, titles, self.max_length)
             # Tokenised again, uncut, only to count the cut ones: cheap next to decoding the images.
             full = self.tokenizer(titles, truncation=False, return_attention_mask=False)["input_ids"]
             truncated = [rows[i] for i, ids in zip(good, full) if len(ids) > self.max_length]

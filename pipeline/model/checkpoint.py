@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipeline.model.image_encoder import merge_lora_into
 from pipeline.errors import UserError
+from pipeline.model.image_encoder import merge_lora_into
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -38,7 +38,8 @@ def apply_clip_checkpoint(encoder, path, lora_alpha=None):
     state = {key: value for key, value in state.items() if key not in ignored}
     lora_pairs, plain = _split_lora(state, path)
     if not lora_pairs and not plain:
-        raise UserError(f"{path}: holds no CLIP vision weights (only {len(ignored)} text-tower keys); give the image encoder's checkpoint")
+        raise UserError(f"{path}: holds no CLIP vision weights (only {len(ignored)} text-tower keys); "
+                        "give the image encoder's checkpoint")
     _load_plain(encoder, plain, path, require_all=not lora_pairs)
     summary = {"lora_modules": len(lora_pairs), "full_weights": len(plain), "ignored_text_keys": len(ignored)}
     if lora_pairs:
@@ -53,7 +54,8 @@ def read_checkpoint(path):
     if not path.is_file():
         raise UserError(f"--clip-lora {path}: no such file or folder")
     if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise UserError(f"--clip-lora {path}: unknown checkpoint type; use one of {', '.join(CHECKPOINT_SUFFIXES)} or a PEFT adapter folder")
+        raise UserError(f"--clip-lora {path}: unknown checkpoint type; "
+                        f"use one of {', '.join(CHECKPOINT_SUFFIXES)} or a PEFT adapter folder")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     return _unnest(_torch_load(path), path)
@@ -68,7 +70,8 @@ def _read_adapter_folder(folder):
         if (folder / name).is_file():
             state, _ = read_checkpoint(folder / name)
             return state, config
-    raise UserError(f"--clip-lora {folder}: no adapter_model.safetensors or adapter_model.bin beside adapter_config.json")
+    raise UserError(f"--clip-lora {folder}: no adapter_model.safetensors or adapter_model.bin "
+                    "beside adapter_config.json")
 
 
 def _load_safetensors(path):
@@ -179,18 +182,21 @@ def _merge_all(encoder, pairs, config, lora_alpha, path):
             "(the lora_alpha used in training, often 2 x rank)"
         )
     if config.get("use_dora") or config.get("alpha_pattern") or config.get("rank_pattern"):
-        raise UserError(f"{path}: DoRA and per-module rank/alpha patterns are not supported; merge the adapter with PEFT and pass full weights")
+        raise UserError(f"{path}: DoRA and per-module rank/alpha patterns are not supported; "
+                        "merge the adapter with PEFT and pass full weights")
     rslora = bool(config.get("use_rslora"))
     ranks = set()
     for module_name, parts in sorted(pairs.items()):
         try:
             module = encoder.get_submodule(module_name)
         except AttributeError:
-            raise UserError(f"{path}: LoRA targets {module_name!r}, which the CLIP image encoder does not have") from None
+            raise UserError(f"{path}: LoRA targets {module_name!r}, "
+                            "which the CLIP image encoder does not have") from None
         a, b = parts["A"], parts["B"]
         rank = a.shape[0]
         if b.shape[1] != rank or tuple(module.weight.shape) != (b.shape[0], a.shape[1]):
-            raise UserError(f"{path}: LoRA shapes for {module_name!r} (A {tuple(a.shape)}, B {tuple(b.shape)}) do not fit its weight {tuple(module.weight.shape)}")
+            raise UserError(f"{path}: LoRA shapes for {module_name!r} (A {tuple(a.shape)}, B {tuple(b.shape)}) "
+                            f"do not fit its weight {tuple(module.weight.shape)}")
         merge_lora_into(module, a, b, float(alpha) / (math.sqrt(rank) if rslora else rank))
         ranks.add(rank)
     return {"lora_alpha": float(alpha), "lora_rank": sorted(ranks), "use_rslora": rslora}

@@ -7,8 +7,8 @@ left out; end-to-end fine-tuning calls `forward`.
 
 from torch import nn
 
-from pipeline.model.image_encoder import load_image_encoder
 from pipeline.model.checkpoint import apply_clip_checkpoint
+from pipeline.model.image_encoder import load_image_encoder
 from pipeline.model.text_encoder import TextEncoder, load_text_model
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -43,10 +43,6 @@ def read_json(path):
     return settings
 
 
-def check_model_folder(folder, flag):
-    read_config(folder, flag)
-
-
 @contextmanager
 def refusing_pickled_code(folder, flag):
     """transformers loads .bin weights with weights_only=True; say clearly why a file was refused."""

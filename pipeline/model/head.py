@@ -8,59 +8,18 @@ loads without flags.
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.model.config import HeadConfig
 
-MODALITIES = ("text", "image")
-FUSIONS = ("concat", "max", "mean", "gated")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "head_config.json"
-
-
-def parse_modalities(value):
-    """'text,image' or ('image', 'text') -> ('text', 'image'): one canonical order, so equal sets compare equal."""
-    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else list(value)
-    unknown = [name for name in names if name not in MODALITIES]
-    if unknown or not names or len(set(names)) != len(names):
-        raise UserError(
-            f"modalities {value!r}: give one or both of {', '.join(MODALITIES)}, "
-            "comma-separated and without repeats (e.g. text,image)"
-        )
-    return tuple(name for name in MODALITIES if name in names)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    modalities: tuple = field(default=MODALITIES, metadata={
-        "help": "which embeddings the head reads: text, image or text,image"})
-    fusion: str = field(default="concat", metadata={
-        "help": f"how two projected modalities are combined: {', '.join(FUSIONS)} (ignored with one modality)"})
-    text_dim: int = field(default=768, metadata={"help": "width of text_emb (from the cache manifest)"})
-    image_dim: int = field(default=512, metadata={"help": "width of image_emb (from the cache manifest)"})
-    proj_dim: int = field(default=128, metadata={"help": "common width each modality is projected to"})
-    hidden_dim: int = field(default=128, metadata={"help": "width of the classifier's hidden layer"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout after each projection and in the classifier"})
-
-    def __post_init__(self):
-        # Frozen, so normalise through object.__setattr__: JSON gives lists, the CLI gives strings.
-        object.__setattr__(self, "modalities", parse_modalities(self.modalities))
-        if self.fusion not in FUSIONS:
-            raise UserError(f"fusion {self.fusion!r}: needs to be one of {', '.join(FUSIONS)}")
-        for name in ("text_dim", "image_dim", "proj_dim", "hidden_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{name} {value!r}: needs to be a positive integer")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout {self.dropout!r}: needs to be in [0, 1)")
-
-    def dims(self):
-        return {"text": self.text_dim, "image": self.image_dim}
 
 
 def _projection(in_dim, out_dim, dropout):

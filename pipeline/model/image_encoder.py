@@ -10,9 +10,8 @@ from torch import nn
 from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
 from pipeline.errors import UserError
+from pipeline.model.config import EMBEDDINGS
 from pipeline.model.folders import read_config, refusing_pickled_code
-
-EMBEDDINGS = ("projected", "pooled")
 
 
 class ImageEncoder(nn.Module):

@@ -1,31 +1,20 @@
 """The text tower: any Hugging Face BERT-family folder, pooled to one vector per title."""
 
-from dataclasses import dataclass
-
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline.errors import UserError
-from pipeline.model.folders import check_model_folder, read_config, read_json, refusing_pickled_code
-
-POOLINGS = ("cls", "mean")
-
-
-@dataclass(frozen=True)
-class TextSettings:
-    """How titles become vectors; part of the cache fingerprint."""
-
-    pooling: str = "cls"
-    max_length: int = 128
+from pipeline.model.config import POOLINGS
+from pipeline.model.folders import read_config, read_json, refusing_pickled_code
 
 
 def load_tokenizer(folder):
-    check_model_folder(folder, "--text-model")
+    read_config(folder, "--text-model")  # refuses auto_map before the library reads the folder
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
 def load_text_model(folder):
-    check_model_folder(folder, "--text-model")
+    read_config(folder, "--text-model")
     with refusing_pickled_code(folder, "--text-model"):
         return AutoModel.from_pretrained(folder, trust_remote_code=False)
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from pipeline.model.head import parse_modalities
+from pipeline.model.config import parse_modalities
 from pipeline.train.fit import train_head
 
 NO_FUSION = "-"

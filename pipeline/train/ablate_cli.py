@@ -9,14 +9,10 @@ ablation.md (the table) and config.json into --out.
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
-from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
-from pipeline.embed.cache import write_json_atomic
-from pipeline.config import add_config_arguments, config_from_args
-from pipeline.model.head import FUSIONS, MODALITIES, HeadConfig
-from pipeline.train.run_folder import resolved_config
-from pipeline.train.fit import TrainConfig, load_cached_splits
+from pipeline.config import add_config_arguments, configs_from_args
+from pipeline.files import write_json_atomic
+from pipeline.model.config import FUSIONS, MODALITIES, HeadConfig
+from pipeline.train.config import TrainConfig
 
 
 def add_arguments(parser):
@@ -32,10 +28,16 @@ def add_arguments(parser):
 
 
 def run(args):
-    head_config = config_from_args(HeadConfig, args, modalities=MODALITIES)
-    train_config = config_from_args(TrainConfig, args)
+    head_config, train_config = configs_from_args(args, HeadConfig, TrainConfig,
+                                                  HeadConfig={"modalities": MODALITIES})
     for fusion in args.fusions:  # check every value before the first run, not halfway through the grid
         replace(head_config, fusion=fusion)
+    import torch  # the heavy imports only when the command runs, so --help stays fast
+
+    from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
+    from pipeline.train.fit import load_cached_splits
+    from pipeline.train.run_folder import resolved_config
+
     grid = variants(args.modalities, args.fusions)
     manifest, splits = load_cached_splits(args.cache_dir)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])

@@ -10,13 +10,9 @@ PNG plots. Top-level metrics use threshold 0.5; "tuned" holds the tuned ones.
 
 from dataclasses import replace
 
-import torch
-
-from pipeline.config import add_config_arguments, config_from_args
-from pipeline.model.head import HeadConfig
-from pipeline.train.metrics import shown
-from pipeline.train.run_folder import default_out, resolved_config, write_run
-from pipeline.train.fit import TrainConfig, load_cached_splits, train_head
+from pipeline.config import add_config_arguments, configs_from_args
+from pipeline.model.config import HeadConfig
+from pipeline.train.config import TrainConfig
 
 
 def add_arguments(parser):
@@ -29,7 +25,13 @@ def add_arguments(parser):
 
 def run(args):
     # Build both configs before loading anything, so a bad flag fails in milliseconds.
-    head_config, train_config = config_from_args(HeadConfig, args), config_from_args(TrainConfig, args)
+    head_config, train_config = configs_from_args(args, HeadConfig, TrainConfig)
+    import torch  # the heavy imports only when the command runs, so --help stays fast
+
+    from pipeline.train.fit import load_cached_splits, train_head
+    from pipeline.train.metrics import shown
+    from pipeline.train.run_folder import default_out, resolved_config, write_run
+
     manifest, splits = load_cached_splits(args.cache_dir)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "

@@ -10,62 +10,21 @@ the logits); `metrics[split]["tuned"]` holds the same metrics at the threshold
 tuned on validation (optimistic on val itself, honest on test).
 """
 
-import math
-import re
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from pipeline.data.splits import SPLITS
+from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
-from pipeline.device import DEVICES, resolve_device
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead
-from pipeline.train.losses import WEIGHT_MODES, class_weights, weighted_cross_entropy
-from pipeline.train.metrics import compute_metrics, tune_threshold
+from pipeline.train.losses import class_weights, weighted_cross_entropy
+from pipeline.train.metrics import compute_metrics, score_probabilities
+from pipeline.train.run_folder import FitResult, HeadRun
 
-SPLITS = ("train", "val", "test")
-STOP_METRICS = ("f1_macro", "accuracy", "roc_auc", "pr_auc", "f1_fake", "f1_real", "loss")
 EVAL_BATCH = 8192  # evaluation needs no gradients, so bigger batches are just faster
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=256, metadata={"help": "rows per optimiser step"})
-    max_epochs: int = field(default=30, metadata={"help": "stop after this many epochs even if still improving"})
-    patience: int = field(default=4, metadata={
-        "help": "stop after this many epochs without a better validation metric"})
-    metric: str = field(default="f1_macro", metadata={
-        "help": f"validation metric for early stopping: {', '.join(STOP_METRICS)} (loss: lower is better)"})
-    class_weights: str = field(default="balanced", metadata={
-        "help": f"class weights of the loss: {WEIGHT_MODES}; balanced = n / (classes * count) on train"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation, dropout and batch order"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu, cuda or cuda:N"})
-    threads: int = field(default=0, metadata={
-        "help": "torch CPU threads; 0 leaves torch's default (one per core). On a machine busy with other "
-                "work, 1 can be several times faster than threads that wait on each other"})
-
-    def __post_init__(self):
-        for name, minimum in (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise UserError(f"{name} {value!r}: needs to be a whole number of at least {minimum}")
-        if not _finite(self.lr) or self.lr <= 0:
-            raise UserError(f"lr {self.lr!r}: needs to be a finite number above 0")
-        if not _finite(self.weight_decay) or self.weight_decay < 0:
-            raise UserError(f"weight_decay {self.weight_decay!r}: needs to be a finite number of at least 0")
-        if self.metric not in STOP_METRICS:
-            raise UserError(f"metric {self.metric!r}: needs to be one of {', '.join(STOP_METRICS)}")
-        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
-            raise UserError(f"device {self.device!r}: needs to be one of {', '.join(DEVICES)} or cuda:N")
-        class_weights([0, 1], self.class_weights)  # validates explicit values early, before any loading
-
-
-def _finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_cached_splits(cache_dir, names=SPLITS):
@@ -105,13 +64,6 @@ def predict(model, features, labels, weights):
     return torch.softmax(logits.float(), dim=1)[:, 1].double().cpu().numpy(), loss
 
 
-@dataclass
-class FitResult:
-    history: list  # one dict per epoch: epoch, train_loss, val_loss, val_<metric>..., seconds
-    best_epoch: int
-    best_score: float
-
-
 def fit(model, train, val, config, weights, log=None):
     """Train `model` (features dict -> logits) on `train` = (features, labels); keep the best `val` epoch.
 
@@ -125,7 +77,7 @@ def fit(model, train, val, config, weights, log=None):
     history, best_score, best_epoch, best_state = [], None, 0, None
     for epoch in range(1, config.max_epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, optimizer, train_features, train_labels, weights, config, generator)
+        train_loss = train_epoch(model, optimizer, train_features, train_labels, weights, config, generator)
         prob, val_loss = predict(model, val_features, val_labels, weights)
         metrics = compute_metrics(val_labels_np, prob, loss=val_loss)
         score = _score(metrics, config.metric)
@@ -141,7 +93,7 @@ def fit(model, train, val, config, weights, log=None):
     return FitResult(history=history, best_epoch=best_epoch, best_score=best_score)
 
 
-def _train_epoch(model, optimizer, features, labels, weights, config, generator):
+def train_epoch(model, optimizer, features, labels, weights, config, generator):
     model.train()
     rows = labels.shape[0]
     order = torch.randperm(rows, generator=generator).to(labels.device)
@@ -182,17 +134,6 @@ def _format_row(row, best_epoch):
     return "  ".join(cells) + ("  *best" if row["epoch"] == best_epoch else "")
 
 
-@dataclass
-class HeadRun:
-    head: FusionHead
-    fit: FitResult
-    metrics: dict  # {"val": {...}, "test": {...}}, each with a "tuned" sub-dict
-    predictions: dict  # {split: {"id", "label", "prob_real", "pred", "pred_tuned"}} as NumPy arrays
-    class_weights: list
-    device: str
-    seconds: float
-
-
 def train_head(splits, head_config, train_config, log=None):
     """Seed, build a FusionHead, fit it on splits["train"] with early stopping on "val", then score val and test."""
     started = time.perf_counter()
@@ -218,19 +159,3 @@ def evaluate(model, splits, data, weights):
         probs={name: prob for name, (prob, _) in outputs.items()},
         losses={name: loss for name, (_, loss) in outputs.items()},
     )
-
-
-def score_probabilities(ids, labels, probs, losses):
-    """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
-
-    Shared by head training and end-to-end fine-tuning; each argument maps "val"
-    and "test" to that split's ids, 0/1 labels, prob_real and loss.
-    """
-    threshold = tune_threshold(labels["val"], probs["val"])
-    metrics, predictions = {}, {}
-    for name, prob in probs.items():
-        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
-        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
-        predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
-                             "pred": (prob > 0.5).astype(np.int64), "pred_tuned": (prob > threshold).astype(np.int64)}
-    return metrics, predictions

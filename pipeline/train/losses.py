@@ -9,10 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
-
-CLASS_NAMES = ("fake", "real")  # label 0 = fake, 1 = real (Fakeddit's 2-way label)
-WEIGHT_MODES = "balanced, none, or one positive number per class such as 1.0,2.5"
+from pipeline.train.config import WEIGHT_MODES, explicit_class_weights
 
 
 def class_weights(labels, mode="balanced"):
@@ -40,12 +39,9 @@ def _balanced(labels):
 
 
 def _explicit(mode):
-    try:
-        values = [float(part) for part in str(mode).split(",")]
-    except ValueError:
-        values = []
-    if len(values) != len(CLASS_NAMES) or not all(np.isfinite(v) and v > 0 for v in values):
-        raise UserError(f"class weights {mode!r}: needs to be {WEIGHT_MODES} (fake first, then real)")
+    values = explicit_class_weights(mode)
+    if values is None:
+        raise UserError(f"--class-weights {mode!r}: not a weighting; use {WEIGHT_MODES} (fake first, then real)")
     return values
 
 

@@ -12,7 +12,7 @@ Conventions:
 
 import numpy as np
 
-from pipeline.train.losses import CLASS_NAMES
+from pipeline.data.splits import CLASS_NAMES
 
 
 def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
@@ -30,7 +30,8 @@ def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
         metrics[f"recall_{name}"] = _ratio(true_positive, confusion[index, :].sum())
         metrics[f"f1_{name}"] = _ratio(2 * true_positive, confusion[:, index].sum() + confusion[index, :].sum())
     for kind in ("precision", "recall", "f1"):
-        metrics[f"{kind}_macro" if kind == "f1" else kind] = float(np.mean([metrics[f"{kind}_{n}"] for n in CLASS_NAMES]))
+        metrics[f"{kind}_macro" if kind == "f1" else kind] = float(
+            np.mean([metrics[f"{kind}_{n}"] for n in CLASS_NAMES]))
     one_class = len(np.unique(labels)) < 2
     metrics["roc_auc"] = None if one_class else float(roc_auc_score(labels, prob_real))
     metrics["pr_auc"] = None if one_class else float(average_precision_score(labels, prob_real))
@@ -79,6 +80,22 @@ def _threshold_at(probs, k):
     if k == probs.size:
         return float(np.nextafter(probs[-1], -np.inf))  # everybody is real
     return float((probs[k - 1] + probs[k]) / 2)
+
+
+def score_probabilities(ids, labels, probs, losses):
+    """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
+
+    Shared by head training and end-to-end fine-tuning; each argument maps "val"
+    and "test" to that split's ids, 0/1 labels, prob_real and loss.
+    """
+    threshold = tune_threshold(labels["val"], probs["val"])
+    metrics, predictions = {}, {}
+    for name, prob in probs.items():
+        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
+        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
+                             "pred": (prob > 0.5).astype(np.int64), "pred_tuned": (prob > threshold).astype(np.int64)}
+    return metrics, predictions
 
 
 SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "roc_auc", "pr_auc", "loss",

@@ -6,7 +6,7 @@ touches a display or global state; matplotlib is imported only when plotting.
 
 import numpy as np
 
-from pipeline.train.losses import CLASS_NAMES
+from pipeline.data.splits import CLASS_NAMES
 
 
 def _figure(columns=1):

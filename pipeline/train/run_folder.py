@@ -9,19 +9,37 @@
     curves.png, confusion_matrix.png, roc.png, pr.png
 """
 
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import pandas as pd
 
 import pipeline
-from pipeline.embed.cache import write_json_atomic
-from pipeline.model.head import save_head
+from pipeline.files import write_json_atomic
+from pipeline.model.head import FusionHead, save_head
 from pipeline.train.plots import plot_confusion_matrices, plot_roc_pr, plot_training_curves
 
 FILES = ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
          "head/model.safetensors", "head/head_config.json",
          "curves.png", "confusion_matrix.png", "roc.png", "pr.png")
+
+
+@dataclass
+class FitResult:
+    history: list  # one dict per epoch: epoch, train_loss, val_loss, val_<metric>..., seconds
+    best_epoch: int
+    best_score: float
+
+
+@dataclass
+class HeadRun:
+    head: FusionHead
+    fit: FitResult
+    metrics: dict  # {"val": {...}, "test": {...}}, each with a "tuned" sub-dict
+    predictions: dict  # {split: {"id", "label", "prob_real", "pred", "pred_tuned"}} as NumPy arrays
+    class_weights: list
+    device: str
+    seconds: float
 
 
 def default_out(head_config, seed):

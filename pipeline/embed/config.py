@@ -1,0 +1,69 @@
+"""Stage one's settings, without torch: flags and `--help` are built from these; saved in the manifest."""
+
+from dataclasses import dataclass
+
+from pipeline.config import existing, help_field, number, one_of, validate, whole
+from pipeline.data.images import DEFAULT_MAX_PIXELS
+from pipeline.model.config import EMBEDDINGS, POOLINGS
+
+BAD_IMAGE_POLICIES = ("skip", "fail")
+PLACEHOLDER_POLICIES = ("embed", "skip")
+STALE_POLICIES = ("rebuild", "refuse")
+CACHE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything stage one depends on; saved in the manifest."""
+
+    data_dir: str = help_field("folder with <split>_filtered.tsv or <split>.tsv files")
+    text_model: str = help_field("Hugging Face BERT-family model folder (AutoModel + AutoTokenizer)")
+    clip_model: str = help_field("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
+    cache_dir: str = help_field("where the Parquet cache goes")
+    splits: tuple = help_field("splits to embed", default=("train", "val", "test"))
+    image_root: str = help_field("folder local_image_path is relative to (default: --data-dir)", default=None)
+    image_pattern: str = help_field("image file name when the TSV has no local_image_path column", default="{id}.jpg")
+    clip_lora: str = help_field(
+        "CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
+    lora_alpha: float = help_field("LoRA alpha when the checkpoint does not store it", default=None)
+    pooling: str = help_field(f"text pooling: {', '.join(POOLINGS)}", default="cls")
+    max_length: int = help_field("titles are truncated to this many tokens", default=128)
+    clip_embedding: str = help_field(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
+    device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
+    batch_size: int = help_field("rows per forward pass", default=64)
+    num_workers: int = help_field("DataLoader worker processes for image decoding (0 = in the main process, "
+                             "-1 = auto: on CUDA all cores but one, on CPU a quarter of the cores)", default=-1)
+    on_bad_image: str = help_field(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
+    on_stale: str = help_field(
+        f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
+    part_rows: int = help_field("input rows per Parquet part (the unit of resuming)", default=4096)
+    cache_dtype: str = help_field(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
+    max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
+    draft: bool = help_field("let JPEGs decode at reduced scale when much larger than needed", default=True)
+    on_placeholder: str = help_field(
+        f"rows whose image is a placeholder (a small file shared byte for byte by many rows): "
+        f"{', '.join(PLACEHOLDER_POLICIES)}; either way they are counted", default="embed")
+    placeholder_max_bytes: int = help_field(
+        "image files up to this size are checked for placeholders (0 = never)", default=16384)
+    placeholder_min_rows: int = help_field(
+        "rows that must share one small image file for it to be a placeholder", default=20)
+
+    def __post_init__(self):
+        validate(
+            *(one_of(self, name, choices) for name, choices in (
+                ("pooling", POOLINGS), ("clip_embedding", EMBEDDINGS), ("on_bad_image", BAD_IMAGE_POLICIES),
+                ("on_stale", STALE_POLICIES), ("cache_dtype", CACHE_DTYPES), ("on_placeholder", PLACEHOLDER_POLICIES),
+            )),
+            *(whole(self, name, minimum) for name, minimum in (
+                ("batch_size", 1), ("max_length", 1), ("part_rows", 1), ("max_pixels", 1), ("num_workers", -1),
+                ("placeholder_max_bytes", 0), ("placeholder_min_rows", 2),
+            )),
+            None if self.splits else "--splits '': no split names; give at least one, e.g. train,val,test",
+            existing(self, "data_dir"), existing(self, "text_model"), existing(self, "clip_model"),
+            existing(self, "clip_lora", kind="path"),
+            None if self.lora_alpha is None else number(self, "lora_alpha", above=0),
+        )
+
+    @property
+    def resolved_image_root(self):
+        return self.image_root or self.data_dir

@@ -1,0 +1,101 @@
+"""Writing stage one's results: rows gather per part, and a part is written once all its rows are in."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from pipeline.embed import cache
+
+
+class PartWriter:
+    """Gathers results per part and writes a part (in a background thread) once all its rows are in."""
+
+    def __init__(self, rows, config, dims, skip_rows=None):
+        self.rows = rows
+        self.skip_rows = skip_rows or {}
+        self.dims = dims
+        self.config = config
+        self.part_rows = config.part_rows
+        self.count = -(-len(rows) // self.part_rows)
+        self.done = cache.existing_parts(config.cache_dir, rows.split)
+        self.results = {}  # part -> {row: (text_vec, image_vec) or reason}
+        self.truncated = {}  # part -> titles cut at max_length
+        self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
+        self.futures = []
+
+    def pending(self):
+        return [p for p in range(self.count) if p not in self.done]
+
+    def range(self, part):
+        return range(part * self.part_rows, min((part + 1) * self.part_rows, len(self.rows)))
+
+    def size(self, part):
+        return len(self.range(part))
+
+    def embeddable_rows(self, part):
+        rows = []
+        for row in self.range(part):
+            reason = self.skip_rows.get(row) if self.rows.texts[row] else "empty_title"
+            if reason:
+                self.results.setdefault(part, {})[row] = reason
+            else:
+                rows.append(row)
+        return rows
+
+    def skip(self, row, reason):
+        self.results.setdefault(row // self.part_rows, {})[row] = reason
+        self.maybe_write(row // self.part_rows)
+
+    def add(self, rows, text, image, truncated=()):
+        for row in truncated:
+            self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
+        touched = set()
+        for i, row in enumerate(rows):
+            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i])
+            touched.add(row // self.part_rows)
+        for part in touched:
+            self.maybe_write(part)
+
+    def maybe_write(self, part):
+        results = self.results.get(part, {})
+        if len(results) < self.size(part):
+            return
+        del self.results[part]
+        self._check_writer()
+        counts = {"truncated_titles": self.truncated.pop(part, 0)}
+        self.futures.append(self.writer.submit(self._write, part, results, counts))
+
+    def _write(self, part, results, counts):
+        ids, labels, text, image, skipped = [], [], [], [], []
+        for row in self.range(part):  # file order, whatever order the batches came in
+            result = results[row]
+            if isinstance(result, str):
+                skipped.append({"id": self.rows.ids[row], "row": row, "reason": result})
+                continue
+            ids.append(self.rows.ids[row])
+            labels.append(self.rows.labels[row])
+            text.append(result[0])
+            image.append(result[1])
+        cache.write_part(
+            cache.part_path(self.config.cache_dir, self.rows.split, part), ids, labels,
+            np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
+            np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
+            skipped, dtype=self.config.cache_dtype, counts=counts,
+        )
+
+    def _check_writer(self):
+        for future in [f for f in self.futures if f.done()]:
+            future.result()  # re-raise a failed write here, not at the end
+            self.futures.remove(future)
+
+    def abort(self):
+        """After an error: finish the write in progress, drop the queued ones (a rerun redoes them),
+        so that no write outlives the cache lock."""
+        self.writer.shutdown(wait=True, cancel_futures=True)
+
+    def close(self):
+        self.writer.shutdown(wait=True)
+        for future in self.futures:
+            future.result()
+        if self.results:
+            raise RuntimeError(f"{self.rows.split}: parts {sorted(self.results)} never completed")

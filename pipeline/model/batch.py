@@ -1,0 +1,33 @@
+"""The one way titles and images become the model's inputs, for every caller.
+
+Stage one, end-to-end fine-tuning and the benchmark all go through here:
+titles are tokenised with padding to the batch's longest title (dynamic
+padding: no work on pad tokens up to max_length), and (B, S, S, 3) uint8
+pixels, already resized and centre-cropped by `pipeline.data.images`, are
+normalised with the CLIP folder's mean and std on whatever device they are on.
+Stage one tokenises in its DataLoader workers and normalises on the GPU after
+the copy, so the two halves are separate functions; `prepare_batch` joins them.
+"""
+
+import torch
+
+
+def tokenize_titles(tokenizer, titles, max_length):
+    """{"input_ids", "attention_mask", ...}: (B, T) tensors, T = the longest title's tokens (at most max_length)."""
+    return dict(tokenizer(list(titles), padding="longest", truncation=True, max_length=max_length,
+                          return_tensors="pt"))
+
+
+def pixel_values(pixels_uint8, settings, dtype=torch.float32):
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch."""
+    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
+    mean = torch.tensor(settings.mean, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(settings.std, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def prepare_batch(tokenizer, titles, pixels_uint8, max_length, settings):
+    """The model's whole input dict for rows given as titles and (B, S, S, 3) uint8 pixels."""
+    batch = tokenize_titles(tokenizer, titles, max_length)
+    batch["pixel_values"] = pixel_values(pixels_uint8, settings)
+    return batch

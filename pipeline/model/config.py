@@ -1,0 +1,57 @@
+"""The model's settings and choices, without torch: flags and `--help` are built from these.
+
+`HeadConfig` is saved beside every head's weights (head_config.json), so a head
+loads without flags.
+"""
+
+from dataclasses import dataclass
+
+from pipeline.config import help_field, number, one_of, validate, whole
+from pipeline.errors import UserError
+
+POOLINGS = ("cls", "mean")  # how a title's token states become one vector
+EMBEDDINGS = ("projected", "pooled")  # which CLIP image vector: after or before the visual projection
+MODALITIES = ("text", "image")
+FUSIONS = ("concat", "max", "mean", "gated")
+
+
+def parse_modalities(value):
+    """'text,image' or ('image', 'text') -> ('text', 'image'): one canonical order, so equal sets compare equal."""
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [name for name in names if name not in MODALITIES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise UserError(
+            f"--modalities {value!r}: not a set of modalities; give one or both of {', '.join(MODALITIES)}, "
+            "comma-separated and without repeats (e.g. text,image)"
+        )
+    return tuple(name for name in MODALITIES if name in names)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The fusion head's shape; the widths of the inputs come from the cache manifest or the encoders."""
+
+    modalities: tuple = help_field("which embeddings the head reads: text, image or text,image", default=MODALITIES)
+    fusion: str = help_field(f"how two projected modalities are combined: {', '.join(FUSIONS)} "
+                             "(ignored with one modality)", default="concat")
+    text_dim: int = help_field("width of text_emb (from the cache manifest)", default=768)
+    image_dim: int = help_field("width of image_emb (from the cache manifest)", default=512)
+    proj_dim: int = help_field("common width each modality is projected to", default=128)
+    hidden_dim: int = help_field("width of the classifier's hidden layer", default=128)
+    dropout: float = help_field("dropout after each projection and in the classifier", default=0.1)
+
+    def __post_init__(self):
+        problems = []
+        try:
+            # Frozen, so normalise through object.__setattr__: JSON gives lists, the CLI gives strings.
+            object.__setattr__(self, "modalities", parse_modalities(self.modalities))
+        except UserError as error:
+            problems.append(str(error))
+        validate(
+            *problems, one_of(self, "fusion", FUSIONS),
+            *(whole(self, name, 1) for name in ("text_dim", "image_dim", "proj_dim", "hidden_dim")),
+            number(self, "dropout", at_least=0, below=1),
+        )
+
+    def dims(self):
+        return {"text": self.text_dim, "image": self.image_dim}

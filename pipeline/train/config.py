@@ -1,0 +1,54 @@
+"""Stage two's training settings, without torch: flags and `--help` are built from these."""
+
+from dataclasses import dataclass
+
+from pipeline.config import device_name, help_field, number, one_of, validate, whole
+
+STOP_METRICS = ("f1_macro", "accuracy", "roc_auc", "pr_auc", "f1_fake", "f1_real", "loss")
+WEIGHT_MODES = "balanced, none, or one positive number per class such as 1.0,2.5"
+
+
+def explicit_class_weights(mode):
+    """'w_fake,w_real' as two positive floats, or None when `mode` is not of that form."""
+    try:
+        values = [float(part) for part in str(mode).split(",")]
+    except ValueError:
+        return None
+    if len(values) != 2 or not all(value > 0 and value != float("inf") for value in values):
+        return None
+    return values
+
+
+def class_weights_mode(config, name="class_weights"):
+    value = getattr(config, name)
+    if value in ("balanced", "none") or explicit_class_weights(value) is not None:
+        return None
+    return f"--class-weights {value!r}: not a weighting; use {WEIGHT_MODES} (fake first, then real)"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a head is trained: optimiser, early stopping, class weights, seed and device."""
+
+    lr: float = help_field("AdamW learning rate", default=2e-3)
+    weight_decay: float = help_field("AdamW weight decay", default=0.01)
+    batch_size: int = help_field("rows per optimiser step", default=256)
+    max_epochs: int = help_field("stop after this many epochs even if still improving", default=30)
+    patience: int = help_field("stop after this many epochs without a better validation metric", default=4)
+    metric: str = help_field(f"validation metric for early stopping: {', '.join(STOP_METRICS)} "
+                             "(loss: lower is better)", default="f1_macro")
+    class_weights: str = help_field(f"class weights of the loss: {WEIGHT_MODES}; "
+                                    "balanced = n / (classes * count) on train", default="balanced")
+    seed: int = help_field("seed for initialisation, dropout and batch order", default=0)
+    device: str = help_field("auto (cuda if available), cpu, cuda or cuda:N", default="auto")
+    threads: int = help_field("torch CPU threads; 0 leaves torch's default (one per core). On a machine busy "
+                              "with other work, 1 can be several times faster than threads that wait on each other",
+                              default=0)
+
+    def __post_init__(self):
+        validate(
+            *(whole(self, name, minimum) for name, minimum in
+              (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0))),
+            number(self, "lr", above=0), number(self, "weight_decay", at_least=0),
+            one_of(self, "metric", STOP_METRICS), device_name(self), class_weights_mode(self),
+        )

@@ -1,0 +1,42 @@
+"""One batch preparation: stage one, end-to-end fine-tuning and the benchmark give the model equal tensors."""
+
+import numpy as np
+import torch
+
+from pipeline.data.images import ImageSettings, load_image
+from pipeline.data.splits import read_split
+from pipeline.e2e.data import E2ERows, MultimodalDataCollator
+from pipeline.embed.loader import Collate, ImageRows
+from pipeline.model.batch import pixel_values, prepare_batch, tokenize_titles
+from pipeline.model.text_encoder import load_tokenizer
+
+MAX_LENGTH = 16
+
+
+def test_stage_one_end_to_end_and_bench_prepare_equal_tensors(tiny_bert, tiny_clip, dataset):
+    rows = read_split(dataset, "train")
+    tokenizer = load_tokenizer(tiny_bert)
+    settings = ImageSettings.from_model_folder(tiny_clip)
+    picked = [0, 3, 5, 11, 17]  # titles of different lengths, so padding matters
+    pixels = torch.from_numpy(np.stack([load_image(dataset, rows.image_paths[r], settings) for r in picked]))
+    reference = prepare_batch(tokenizer, [rows.texts[r] for r in picked], pixels, MAX_LENGTH, settings)
+
+    # Stage one: a DataLoader worker collates; the main process normalises after the copy to the device.
+    images = ImageRows(dataset, rows.image_paths, settings)
+    stage_one = Collate(rows.texts, tokenizer, MAX_LENGTH, settings.size)([images[r] for r in picked])
+    stage_one_inputs = {**stage_one.text, "pixel_values": pixel_values(stage_one.pixels, settings)}
+
+    # End to end: the Trainer's collator (which adds the labels).
+    e2e_rows = E2ERows(rows, picked, dataset, settings)
+    e2e = MultimodalDataCollator(tokenizer, settings, MAX_LENGTH)([e2e_rows[i] for i in range(len(picked))])
+    assert e2e.pop("labels").tolist() == rows.labels[picked].tolist()
+
+    # The benchmark's forward-only pass tokenises the same way.
+    bench = {**tokenize_titles(tokenizer, [rows.texts[r] for r in picked], MAX_LENGTH),
+             "pixel_values": pixel_values(pixels, settings)}
+
+    assert reference["input_ids"].shape[1] < MAX_LENGTH  # padded to the longest title, not to max_length
+    for name, inputs in (("stage one", stage_one_inputs), ("end to end", e2e), ("bench", bench)):
+        assert inputs.keys() == reference.keys(), name
+        for key, tensor in reference.items():
+            assert torch.equal(inputs[key], tensor), f"{name}: {key} differs"

@@ -1,0 +1,67 @@
+"""The house rules that keep the rooms apart, read from the source, and a `--help` that imports no model code."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+STAGES = ("embed", "train", "e2e", "bench")
+COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "bench")
+
+
+def imports(path):
+    """(module, [names]) for every import in a file, at any depth (imports inside functions count)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+
+
+def room_of(module):
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pipeline" and len(parts) > 1 else None
+
+
+@pytest.mark.parametrize("room", ["data", "model"])
+def test_data_and_model_import_nothing_from_the_stages(room):
+    files = sorted((PACKAGE / room).glob("*.py"))
+    assert files
+    for path in files:
+        for module, names in imports(path):
+            used = {room_of(module)} | {name for name in names if module == "pipeline"}
+            assert not used & set(STAGES), f"{path.relative_to(PACKAGE)} imports {module} {names}"
+
+
+@pytest.mark.parametrize("room", ["e2e", "bench"])
+def test_e2e_and_bench_use_only_public_names_of_other_rooms(room):
+    for path in sorted((PACKAGE / room).glob("*.py")):
+        for module, names in imports(path):
+            if module.startswith("pipeline") and room_of(module) != room:
+                private = [name for name in names if name.startswith("_")]
+                assert not private, f"{path.relative_to(PACKAGE)} imports private {private} from {module}"
+
+
+def test_the_rule_checker_sees_a_violation(tmp_path):
+    """The checks above would fail on a private import: the reader finds imports inside functions too."""
+    path = tmp_path / "bad.py"
+    path.write_text("def f():\n    from pipeline.train.fit import _secret\n")
+    assert ("pipeline.train.fit", ["_secret"]) in list(imports(path))
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = (
+        "import sys\nfrom pipeline.__main__ import main\n"
+        f"for argv in [['--help']] + [[name, '--help'] for name in {list(COMMANDS)!r}]:\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = [name for name in ('torch', 'transformers', 'peft', 'sklearn') if name in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    assert "--cache-dir" in result.stdout and "--lr-encoder" in result.stdout  # the commands' flags were listed
+    assert result.stderr.strip().splitlines()[-1] == "HEAVY []"
