@@ -32,7 +32,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate finetune-e2e bench bench-gpu test clean
+.PHONY: help demo demo-data embed train-head ablate finetune-e2e bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,7 +68,7 @@ finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and 
 		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
 		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
 
-bench: $(INSTALL)  ## benchmarks: runs/bench/results.json and results.md
+bench: demo-data  ## benchmarks (builds the demo data first): runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench
 
 bench-gpu: $(INSTALL)  ## the base-size benchmark in bf16 on one GPU, then a CUDA smoke check
@@ -78,6 +78,9 @@ bench-gpu: $(INSTALL)  ## the base-size benchmark in bf16 on one GPU, then a CUD
 
 test: $(INSTALL)  ## the test suite (offline, CPU)
 	$(PY) -m pytest $(TEST_FLAGS)
+
+lint: $(INSTALL)  ## ruff: line length, import order, unused and undefined names (settings in pyproject.toml)
+	$(PY) -m ruff check pipeline tests data
 
 clean:  ## remove runs/ and the demo data (keeps .venv)
 	rm -rf runs $(DEMO_DIR)
