@@ -3,6 +3,8 @@
 `write_atomic` writes to a temp file beside the target (named `.NAME.PID.tmp`),
 fsyncs it and renames it over the target; a write that fails (disk full, no
 permission) removes the temp file and raises `UserError` naming the file.
+No symlink is followed on write: a leftover temp name is unlinked (never opened)
+first, and the rename replaces a symlink at the target instead of writing through it.
 """
 
 import errno
@@ -27,6 +29,7 @@ def write_atomic(path, write):
     tmp = temp_name(path)
     with writing(path):
         try:
+            tmp.unlink(missing_ok=True)  # a symlink planted at the temp name is removed, its target untouched
             write(tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -36,7 +39,29 @@ def write_atomic(path, write):
 
 
 def write_json_atomic(path, payload):
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path, text):
+    def write(tmp):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    write_atomic(path, write)
+
+
+def output_folder(path, flag):
+    """Create folder `path` (and parents); a clear error when it is a file or cannot be made."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder; give a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"{flag} {path}: cannot create the folder ({error.strerror}); give a writable folder path") \
+            from None
+    return path
 
 
 @contextmanager

@@ -77,7 +77,7 @@ def build_base_models(folder):
     text.mkdir(parents=True, exist_ok=True)
     (text / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertModel(BertConfig(vocab_size=30522)).save_pretrained(text)  # bert-base-uncased's shapes
-    BertTokenizerFast(vocab_file=str(text / "vocab.txt")).save_pretrained(text)
+    BertTokenizerFast(vocab=str(text / "vocab.txt")).save_pretrained(text)
     clip = folder / "clip-vit-b32"
     config = CLIPConfig(
         text_config={"num_hidden_layers": 1},  # unused by this pipeline; kept small

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from pipeline.errors import UserError
+
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
 _MAX_ASPECT = 64  # beyond this long/short ratio, resize only the part the centre crop keeps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -42,21 +44,52 @@ class ImageSettings:
 
     @classmethod
     def from_model_folder(cls, folder, **overrides):
-        """Read size/mean/std from a CLIP folder's preprocessor_config.json when it has one."""
+        """Read size/mean/std from a CLIP folder's preprocessor_config.json when it has one, checked."""
         path = Path(folder) / "preprocessor_config.json"
         values = {}
         if path.is_file():
-            config = json.loads(path.read_text())
-            crop = config.get("crop_size", {})
-            size = crop.get("height") if isinstance(crop, dict) else crop
-            if size:
-                values["size"] = int(size)
-            if config.get("image_mean"):
-                values["mean"] = tuple(config["image_mean"])
-            if config.get("image_std"):
-                values["std"] = tuple(config["image_std"])
+            values = _read_preprocessor(path)
         values.update(overrides)
         return cls(**values)
+
+
+MAX_IMAGE_SIZE = 4096  # no CLIP we know of takes more than 1024; caps the pixels a config can ask for
+
+
+def _read_preprocessor(path):
+    def bad(what):
+        raise UserError(f"{path}: {what}; fix preprocessor_config.json (CLIP's is crop_size 224, image_mean "
+                        "[0.4815, 0.4578, 0.4082], image_std [0.2686, 0.2613, 0.2758])")
+
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        bad(f"not valid JSON ({error})")
+    if not isinstance(config, dict):
+        bad(f"expected a JSON object, found {type(config).__name__}")
+    values = {}
+    crop = config.get("crop_size")
+    if crop is not None:
+        if isinstance(crop, dict):
+            height, width = crop.get("height"), crop.get("width", crop.get("height"))
+            if height != width:
+                bad(f"crop_size {crop!r} is not square; this pipeline crops square images as CLIP does")
+            crop = height
+        if not (isinstance(crop, int) and not isinstance(crop, bool) and 1 <= crop <= MAX_IMAGE_SIZE):
+            bad(f"crop_size {config['crop_size']!r} is not a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
+        values["size"] = crop
+    for key, name, minimum in (("image_mean", "mean", None), ("image_std", "std", 0)):
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * 3
+        if not (isinstance(value, list) and len(value) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                        and (minimum is None or v > minimum) for v in value)):
+            bad(f"{key} {value!r} is not three finite numbers" + (" above 0" if minimum is not None else ""))
+        values[name] = tuple(float(v) for v in value)
+    return values
 
 
 def resolve_inside(root, relative):

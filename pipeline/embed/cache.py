@@ -15,6 +15,7 @@ write that fails (disk full) removes its temp file and raises `UserError`.
 """
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import pyarrow.parquet as pq
 
 from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
-from pipeline.files import file_sha256, write_atomic, write_json_atomic, writing
+from pipeline.embed.owned import PART_NAME
+from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
+from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -58,7 +61,7 @@ def existing_parts(cache_dir, split):
     folder = Path(cache_dir) / split
     if not folder.is_dir():
         return set()
-    return {int(p.stem.split("-")[1]) for p in folder.glob("part-*.parquet")}
+    return {int(p.stem.split("-")[1]) for p in folder.iterdir() if PART_NAME.match(p.name)}
 
 
 def _embedding_array(matrix, dtype):
@@ -88,10 +91,8 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
 
 
 def remove_temp_files(cache_dir):
-    """Temp files a killed run left behind (call with the cache lock held)."""
-    cache_dir = Path(cache_dir)
-    for tmp in [*cache_dir.glob(".*.tmp"), *cache_dir.glob("*/.part-*.tmp")]:
-        tmp.unlink(missing_ok=True)
+    """Our temp files a killed run left behind (call with the cache lock held); no other `.tmp` file."""
+    _remove_our_temp_files(cache_dir)
 
 
 def _read_part_notes(path):
@@ -122,15 +123,63 @@ def read_manifest(cache_dir):
         )
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid JSON ({error}); delete the cache folder and re-embed") from None
+    return check_manifest(manifest, path)
+
+
+MAX_DIM = 1 << 16  # no encoder we know of is wider; caps what a manifest can make us allocate
+
+
+def check_manifest(manifest, path):
+    """The manifest's shape, checked before any of it is used: one clear error naming the first problem."""
+    def bad(what):
+        raise UserError(f"{path}: {what}; this is not a manifest this tool wrote: re-embed the cache "
+                        "(`python -m pipeline embed` into a new --cache-dir)")
+
+    if not isinstance(manifest, dict):
+        bad(f"expected a JSON object, found {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise UserError(
             f"{path}: cache format {version!r}, this version reads format {FORMAT_VERSION}; "
             "re-embed with `make embed` to rebuild it"
         )
+    dims = manifest.get("dims")
+    if not (isinstance(dims, dict) and all(_whole(dims.get(m), 1, MAX_DIM) for m in ("text", "image"))):
+        bad(f"dims {dims!r} are not two widths between 1 and {MAX_DIM} (text, image)")
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict):
+        bad(f"splits is {type(splits).__name__}, expected an object")
+    for name, info in splits.items():
+        parts = info.get("parts") if isinstance(info, dict) else None
+        if not (isinstance(name, str) and name and "/" not in name and not name.startswith(".")
+                and isinstance(parts, list) and _whole(info.get("rows_embedded"), 0)):
+            bad(f"split {name!r} is not an object with rows_embedded and a list of parts")
+        for part in parts:
+            if not (isinstance(part, dict) and isinstance(part.get("file"), str) and PART_NAME.match(part["file"])
+                    and _whole(part.get("rows"), 0) and isinstance(part.get("sha256"), str)):
+                bad(f"split {name!r} lists a part {str(part)[:80]!r} that is not "
+                    "{file: part-NNNNN.parquet, rows, sha256}")
+        if sum(part["rows"] for part in parts) != info["rows_embedded"]:
+            bad(f"split {name!r}: its parts' rows do not add up to rows_embedded {info['rows_embedded']}")
     return manifest
+
+
+def _whole(value, minimum, maximum=None):
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            and (maximum is None or value <= maximum))
+
+
+def _check_fits_in_memory(path, rows, width):
+    needed = rows * width * 4
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if needed > total:
+        raise UserError(f"{path}: {rows} rows x {width} values need {needed / 1e9:.1f} GB, more than this "
+                        f"machine's {total / 1e9:.1f} GB of memory; use a machine with more memory or fewer rows")
 
 
 def load_split(cache_dir, split, verify=True):
@@ -148,6 +197,7 @@ def load_split(cache_dir, split, verify=True):
     info = manifest["splits"][split]
     rows = info["rows_embedded"]
     dims = manifest["dims"]
+    _check_fits_in_memory(Path(cache_dir) / MANIFEST_NAME, rows, dims["text"] + dims["image"])
     ids = np.empty(rows, dtype=object)
     labels = np.empty(rows, dtype=np.int64)
     text = np.empty((rows, dims["text"]), dtype=np.float32)
@@ -155,7 +205,7 @@ def load_split(cache_dir, split, verify=True):
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
-        if not path.is_file():
+        if path.is_symlink() or not path.is_file():
             raise UserError(f"{path}: part listed in the manifest is missing; rerun the embed command to rebuild it")
         if verify and file_sha256(path) != part["sha256"]:
             raise UserError(f"{path}: checksum differs from the manifest (corrupt or changed); re-embed the cache")
@@ -228,8 +278,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
             "rows_skipped": skipped, "skipped_by_reason": reasons, "parts": parts,
             "class_counts": class_counts, **counts, **(split_notes or {}).get(split, {}),
         }
-    with writing(cache_dir / SKIPPED_NAME):
-        write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
+    write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
         "dims": dims, "classes": classes, "splits": manifest_splits,
@@ -242,7 +291,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
 def write_skipped(path, rows):
     """skipped.tsv: one (split, id, reason) line per row that was not used, under a header."""
     lines = ["split\tid\treason"] + [f"{split}\t{key}\t{reason}" for split, key, reason in rows]
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory"):

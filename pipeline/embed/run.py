@@ -10,10 +10,11 @@ titles cut at --max-length, placeholder images, duplicate ids and repaired bytes
 import contextlib
 import fcntl
 import json
-import shutil
+import os
+import stat
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,11 +26,12 @@ from pipeline.data.placeholders import find_placeholders
 from pipeline.data.splits import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.distributed import Group
-from pipeline.embed import cache
+from pipeline.embed import cache, owned
 from pipeline.embed.fingerprint import combine, differences, path_sha256
 from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.embed.writer import PartWriter
 from pipeline.errors import UserError
+from pipeline.files import output_folder
 from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
 from pipeline.model.text_encoder import check_max_length, load_tokenizer
@@ -46,18 +48,18 @@ def run_embed(config, group=Group(), log=print):
     """
     log = log if group.is_main else (lambda *_: None)
     splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
-    check_max_length(config.text_model, config.max_length)  # before hours of work, not at the first long title
+    tokenizer = load_tokenizer(config.text_model)  # refuses a folder without a usable tokenizer
+    check_max_length(config.text_model, config.max_length, tokenizer)  # before hours of work
     image_settings = ImageSettings.from_model_folder(
         config.clip_model, max_pixels=config.max_pixels, draft=config.draft,
     )
     # Through JSON once, so tuples compare equal to the lists read back from disk.
     inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
     fingerprint = combine(inputs)
-    cache_dir = Path(config.cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = output_folder(config.cache_dir, "--cache-dir")
     with cache_lock(cache_dir) if group.is_main else contextlib.nullcontext():
-        state = group.broadcast(_prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
-                                if group.is_main else None)
+        state, target = group.broadcast(_prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
+                                        if group.is_main else None)
         if state == "complete":
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
             return cache.read_manifest(cache_dir)
@@ -70,24 +72,26 @@ def run_embed(config, group=Group(), log=print):
             config.pooling, config.clip_embedding,
         )
         model.to(device).eval()
-        tokenizer = load_tokenizer(config.text_model)
         if state == "fresh" and group.is_main:
-            _start_fresh(cache_dir, fingerprint, inputs)
+            _start_fresh(target, fingerprint, inputs)
         group.barrier()  # no rank writes a part before rank 0 has cleared a stale cache
         started = time.perf_counter()
+        work = replace(config, cache_dir=str(target))  # a rebuild goes to the staging folder
         for name, rows in splits.items():
             skip_rows = (dict.fromkeys(placeholders.rows[name], "placeholder_image")
                          if config.on_placeholder == "skip" else {})
-            embed_split(model, tokenizer, rows, config, image_settings, device, group.rank, group.world_size, skip_rows)
+            embed_split(model, tokenizer, rows, work, image_settings, device, group.rank, group.world_size, skip_rows)
         group.barrier()  # every rank's parts are on disk
         timings = {"seconds": round(time.perf_counter() - started, 3), "processes": group.world_size}
         if group.is_main:
             manifest = cache.finalize(
-                cache_dir, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
+                target, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
                 dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
                                     "non_utf8_rows": rows.non_utf8_rows} for name, rows in splits.items()},
             )
+            if Path(target) != cache_dir:
+                owned.swap(cache_dir, manifest)  # the new cache replaces the old one only now, complete
         group.barrier()  # the manifest is written
     manifest = cache.read_manifest(cache_dir)
     log(summary(manifest))
@@ -118,8 +122,17 @@ def fingerprint_inputs(config, splits, image_settings):
 
 @contextmanager
 def cache_lock(cache_dir):
-    """One writer per cache folder; the OS drops the lock if the process dies."""
-    with open(cache_dir / ".lock", "w") as handle:
+    """One writer per cache folder; the OS drops the lock if the process dies. The lock file is
+    opened without following a symlink and never truncated, so a planted `.lock` link harms nothing."""
+    path = Path(cache_dir) / owned.LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise UserError(f"{path}: cannot open the lock file ({error.strerror}; a symlink is never followed); "
+                        "remove it or use another --cache-dir") from None
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path}: not a regular file; remove it or use another --cache-dir")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -131,50 +144,69 @@ def cache_lock(cache_dir):
 
 
 def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
-    """'complete', 'resume' or 'fresh' (or refuses a stale cache). A fresh cache is cleared later, by
-    `_start_fresh` once the models have loaded, so that a refused model or checkpoint deletes nothing."""
-    cache.remove_temp_files(cache_dir)  # from a run that was killed
-    old = _read_json(cache_dir / cache.FINGERPRINT_NAME)
-    if old is not None and old.get("fingerprint") == fingerprint:
-        manifest = _read_json(cache_dir / cache.MANIFEST_NAME)
-        if manifest is None:
-            return "resume"
+    """(state, folder to build in): 'complete', 'resume' or 'fresh' (or refuses a stale or foreign cache).
+
+    A rebuild over a complete cache goes to the staging folder and is swapped in when complete; a
+    fresh build is cleared later, by `_start_fresh` once the models have loaded, so that a refused
+    model or checkpoint deletes nothing. Only files we wrote are ever removed (`owned.py`).
+    """
+    finished = owned.staged_manifest(cache_dir)
+    if finished is not None:  # a rebuild completed, but its swap was cut short
+        log(f"cache {cache_dir}: finishing the replacement of the cache by the rebuilt one")
+        owned.swap(cache_dir, finished)
+    old = owned.read_fingerprint(cache_dir)
+    if old is None:
+        owned.refuse_foreign(cache_dir)
+        owned.clear_staging(cache_dir)
+        return "fresh", cache_dir
+    staging = cache_dir / owned.STAGING
+    if old["fingerprint"] == fingerprint:
+        owned.clear_staging(cache_dir)  # a rebuild for other inputs that never finished
+        cache.remove_temp_files(cache_dir)  # from a run that was killed
+        if not (cache_dir / cache.MANIFEST_NAME).is_file():
+            return "resume", cache_dir
+        manifest = cache.read_manifest(cache_dir)
         missing = cache.missing_parts(cache_dir, manifest)
         if not missing:
-            return "complete"
+            return "complete", cache_dir
         log(f"cache {cache_dir}: {len(missing)} part(s) in the manifest are gone "
             f"(e.g. {missing[0]}); embedding them again")
         (cache_dir / cache.MANIFEST_NAME).unlink()
-        return "resume"
-    if old is not None:
-        changed = ", ".join(differences(old.get("inputs", {}), inputs)) or "unknown"
-        if on_stale == "refuse":
-            raise UserError(
-                f"{cache_dir}: cache was built from other inputs (changed: {changed}); "
-                "use another --cache-dir or --on-stale rebuild"
-            )
-        log(f"cache {cache_dir} was built from other inputs (changed: {changed}); rebuilding it")
-    return "fresh"
+        return "resume", cache_dir
+    changed = ", ".join(differences(old.get("inputs", {}), inputs)) or "unknown"
+    if on_stale == "refuse":
+        raise UserError(
+            f"{cache_dir}: cache was built from other inputs (changed: {changed}); "
+            "use another --cache-dir or --on-stale rebuild"
+        )
+    log(f"cache {cache_dir} was built from other inputs (changed: {changed}); rebuilding it")
+    if not (cache_dir / cache.MANIFEST_NAME).is_file():
+        owned.clear_staging(cache_dir)
+        return "fresh", cache_dir  # no complete cache to keep: rebuild in place
+    cache.read_manifest(cache_dir)  # a manifest we could not read back is not ours to keep or replace
+    staged = owned.read_fingerprint(staging) if staging.is_dir() and not staging.is_symlink() else None
+    if staged is not None and staged["fingerprint"] == fingerprint:
+        log(f"cache {cache_dir}: resuming the rebuild in {staging}; the old cache stays until it is complete")
+        cache.remove_temp_files(staging)
+        return "resume", staging
+    log(f"cache {cache_dir}: the rebuild goes to {staging}; the old cache stays until it is complete")
+    return "fresh", staging
 
 
-def _start_fresh(cache_dir, fingerprint, inputs):
-    _clear(cache_dir)
-    cache.write_json_atomic(cache_dir / cache.FINGERPRINT_NAME, {"fingerprint": fingerprint, "inputs": inputs})
-
-
-def _read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _clear(cache_dir):
-    (cache_dir / cache.MANIFEST_NAME).unlink(missing_ok=True)
-    (cache_dir / cache.SKIPPED_NAME).unlink(missing_ok=True)
-    for child in cache_dir.iterdir():
-        if child.is_dir() and (any(child.glob("part-*.parquet")) or any(child.glob(".part-*"))):
-            shutil.rmtree(child)
+def _start_fresh(folder, fingerprint, inputs):
+    """Clear what we wrote in `folder` (the cache, or its staging folder) and start it with the fingerprint."""
+    folder = Path(folder)
+    if folder.name == owned.STAGING:
+        owned.clear_staging(folder.parent)
+        folder.mkdir(exist_ok=True)
+    else:
+        owned.remove_owned(folder)
+        for split in folder.iterdir():
+            foreign = [p for p in split.iterdir() if owned.PART_NAME.match(p.name)] if split.is_dir() else []
+            if foreign:
+                raise UserError(f"{foreign[0]}: not a part this tool wrote, where it would write one; "
+                                "move it out of the cache folder or use another --cache-dir")
+    cache.write_json_atomic(folder / cache.FINGERPRINT_NAME, {"fingerprint": fingerprint, "inputs": inputs})
 
 
 def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1, skip_rows=None):
@@ -221,9 +253,27 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
     inputs["pixel_values"] = pixel_values(pixels, image_settings)
     vectors = model.encode(inputs)
     good_rows = [batch.rows[i] for i in batch.good]
+    _check_finite(vectors, good_rows, rows, config)
     parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy(),
               truncated=batch.truncated)
     return len(good_rows)
+
+
+_LIKELY_CAUSES = {
+    "text_emb": "the text model's weights (--text-model) hold NaN/Inf, or --device's bf16 overflowed",
+    "image_emb": "the CLIP weights (--clip-model or --clip-lora) hold NaN/Inf, --lora-alpha or the adapter's "
+                 "lora_alpha is absurd, or preprocessor_config.json's image_mean/image_std are wrong (a std of 0)",
+}
+
+
+def _check_finite(vectors, good_rows, rows, config):
+    """A NaN or Inf vector stops the run before its part is written: never a cache of garbage."""
+    for name, cause in _LIKELY_CAUSES.items():
+        finite = torch.isfinite(vectors[name]).all(dim=1)  # (B,)
+        if not bool(finite.all()):
+            first = good_rows[int((~finite).nonzero()[0])]
+            raise UserError(f"{rows.path}: line {rows.line(first)}: the {name.split('_')[0]} vector is NaN or Inf; "
+                            f"likely cause: {cause}; fix that and rerun (nothing of this part was written)")
 
 
 def _manifest_config(config, lora_summary, device, timings, placeholders):

@@ -8,7 +8,6 @@ into the base weights (W + alpha / r * B @ A), so embedding costs nothing extra.
 Keys that fit nothing are an error: never a silent partial load.
 """
 
-import json
 import math
 import pickle
 import re
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.errors import UserError
+from pipeline.model.folders import check_finite_weights, read_json
 from pipeline.model.image_encoder import merge_lora_into
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -44,6 +44,7 @@ def apply_clip_checkpoint(encoder, path, lora_alpha=None):
     summary = {"lora_modules": len(lora_pairs), "full_weights": len(plain), "ignored_text_keys": len(ignored)}
     if lora_pairs:
         summary.update(_merge_all(encoder, lora_pairs, config, lora_alpha, path))
+    check_finite_weights(encoder, f"--clip-lora {path}")  # after the merge: NaN weights or an absurd alpha
     return summary
 
 
@@ -65,7 +66,12 @@ def _read_adapter_folder(folder):
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         raise UserError(f"--clip-lora {folder}: a folder must be a PEFT adapter with adapter_config.json")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path)
+    for key, kind in (("lora_alpha", (int, float)), ("r", int), ("use_rslora", bool), ("use_dora", bool)):
+        if key in config and config[key] is not None and (not isinstance(config[key], kind)
+                                                          or (kind is int and isinstance(config[key], bool))):
+            raise UserError(f"{config_path}: {key} is {config[key]!r}, expected a "
+                            f"{'number' if key == 'lora_alpha' else kind.__name__}; fix the adapter config")
     for name in ("adapter_model.safetensors", "adapter_model.bin"):
         if (folder / name).is_file():
             state, _ = read_checkpoint(folder / name)
@@ -184,6 +190,13 @@ def _merge_all(encoder, pairs, config, lora_alpha, path):
     if config.get("use_dora") or config.get("alpha_pattern") or config.get("rank_pattern"):
         raise UserError(f"{path}: DoRA and per-module rank/alpha patterns are not supported; "
                         "merge the adapter with PEFT and pass full weights")
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if not (math.isfinite(alpha) and 0 < alpha <= 1e6):
+        raise UserError(f"{path}: LoRA alpha {alpha!r} is not a positive finite number; pass --lora-alpha "
+                        "(the lora_alpha used in training, often 2 x rank)")
     rslora = bool(config.get("use_rslora"))
     ranks = set()
     for module_name, parts in sorted(pairs.items()):
@@ -193,6 +206,13 @@ def _merge_all(encoder, pairs, config, lora_alpha, path):
             raise UserError(f"{path}: LoRA targets {module_name!r}, "
                             "which the CLIP image encoder does not have") from None
         a, b = parts["A"], parts["B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] == 0:
+            raise UserError(f"{path}: LoRA weights for {module_name!r} are not two non-empty matrices "
+                            f"(A {tuple(a.shape)}, B {tuple(b.shape)})")
+        if not (a.is_floating_point() and b.is_floating_point()
+                and bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            raise UserError(f"{path}: LoRA weights for {module_name!r} hold NaN or Inf (or are not floats); "
+                            "every image vector would be NaN: use an intact checkpoint")
         rank = a.shape[0]
         if b.shape[1] != rank or tuple(module.weight.shape) != (b.shape[0], a.shape[1]):
             raise UserError(f"{path}: LoRA shapes for {module_name!r} (A {tuple(a.shape)}, B {tuple(b.shape)}) "

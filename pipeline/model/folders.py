@@ -53,3 +53,32 @@ def refusing_pickled_code(folder, flag):
             f"{flag} {folder}: refused: a weights file holds Python objects beyond tensors, and loading them "
             f"could run code (weights_only=True: {str(error).splitlines()[0]}); use model.safetensors"
         ) from None
+
+
+def check_loading_info(info, name, ignore_missing=(), ignore_unexpected=(), only=None):
+    """A model loads whole or not at all: missing, unexpected or mismatched weight keys (from
+    `from_pretrained(..., output_loading_info=True)`) are an error naming a few. `only`: the key
+    prefixes that matter (e.g. the vision half of a CLIP folder)."""
+    def kept(keys, ignore):
+        keys = [k if isinstance(k, str) else str(k[0]) for k in keys]
+        return [k for k in keys if not k.startswith(tuple(ignore)) and (only is None or k.startswith(only))]
+
+    problems = []
+    for label, keys in (("missing", kept(info.get("missing_keys", ()), ignore_missing)),
+                        ("unexpected", kept(info.get("unexpected_keys", ()), ignore_unexpected)),
+                        ("of the wrong shape", kept(info.get("mismatched_keys", ()), ()))):
+        if keys:
+            problems.append(f"{len(keys)} {label} (e.g. {', '.join(sorted(keys)[:3])})")
+    if problems:
+        raise UserError(f"{name}: the weights do not fit the model's config.json: {'; '.join(problems)} weight(s); "
+                        "those layers would be random: re-save the complete model with save_pretrained")
+
+
+def check_finite_weights(module, name):
+    """NaN or Inf in a weight makes every vector NaN: an error naming the first such tensor."""
+    import torch
+
+    for key, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{name}: weight {key} holds NaN or Inf; every vector would be NaN: "
+                            "use an intact checkpoint")

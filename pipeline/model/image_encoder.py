@@ -11,7 +11,7 @@ from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjecti
 
 from pipeline.errors import UserError
 from pipeline.model.config import EMBEDDINGS
-from pipeline.model.folders import read_config, refusing_pickled_code
+from pipeline.model.folders import check_finite_weights, check_loading_info, read_config, refusing_pickled_code
 
 
 class ImageEncoder(nn.Module):
@@ -44,7 +44,9 @@ def load_image_encoder(folder, embedding="projected"):
         # Loading CLIPVisionModelWithProjection from a CLIPModel folder re-initialises the
         # projection (transformers 5), so load the whole model and keep its vision half.
         with refusing_pickled_code(folder, "--clip-model"):
-            clip = CLIPModel.from_pretrained(folder, trust_remote_code=False)
+            clip, info = CLIPModel.from_pretrained(folder, trust_remote_code=False, output_loading_info=True)
+        # Only the vision half is used: text-tower keys may be absent or extra.
+        check_loading_info(info, f"--clip-model {folder}", only=("vision_model.", "visual_projection."))
         vision, projection = clip.vision_model, clip.visual_projection
     elif model_type == "clip_vision_model":
         with refusing_pickled_code(folder, "--clip-model"):
@@ -59,7 +61,9 @@ def load_image_encoder(folder, embedding="projected"):
             f"--clip-model {folder}: the folder has no visual_projection weights; "
             "use --clip-embedding pooled, or a CLIPModel / CLIPVisionModelWithProjection folder"
         )
-    return ImageEncoder(vision, projection, embedding)
+    encoder = ImageEncoder(vision, projection, embedding)
+    check_finite_weights(encoder, f"--clip-model {folder}")
+    return encoder
 
 
 def _load_vision_only(folder):
@@ -67,9 +71,11 @@ def _load_vision_only(folder):
         folder, trust_remote_code=False, output_loading_info=True,
     )
     if any(key.startswith("visual_projection") for key in info["missing_keys"]):
-        plain = CLIPVisionModel.from_pretrained(folder, trust_remote_code=False)
+        plain, info = CLIPVisionModel.from_pretrained(folder, trust_remote_code=False, output_loading_info=True)
+        check_loading_info(info, f"--clip-model {folder}")
         # transformers 5's CLIPVisionModel is the vision transformer itself; 4.x wrapped it.
         return getattr(plain, "vision_model", plain), None
+    check_loading_info(info, f"--clip-model {folder}")
     return model.vision_model, model.visual_projection
 
 
