@@ -5,9 +5,13 @@ from transformers import AutoModel, AutoTokenizer
 
 from pipeline.errors import UserError
 from pipeline.model.config import POOLINGS
-from pipeline.model.folders import check_finite_weights, check_loading_info, read_config, read_json, \
-    refusing_pickled_code
-
+from pipeline.model.folders import (
+    check_finite_weights,
+    check_loading_info,
+    read_config,
+    read_json,
+    refusing_pickled_code,
+)
 
 _PROBE = "the a of news photo city man dog"  # words any English vocabulary has
 _HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "lm_head.", "pre_classifier.", "score.")  # task heads we drop
