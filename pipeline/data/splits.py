@@ -15,6 +15,7 @@ U+FFFD and counted (`non_utf8_rows`).
 """
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,31 @@ class _Table:
     non_utf8_rows: int = 0
 
 
+FIELD_LIMIT = 16 << 20  # csv's default, 128 kB, refuses a long title; 16 MB still refuses a runaway field
+MAX_TITLE_CHARS = 1 << 16  # far beyond any --max-length in tokens; the tokenizer cuts and counts the rest
+_MEMORY_FACTOR = 4  # rows held as Python strings take a few times the file's bytes
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_size(path):
+    """A split file that would not fit in memory once read is refused before reading it."""
+    size, memory = path.stat().st_size, _memory_bytes()
+    if memory and size * _MEMORY_FACTOR > memory:
+        raise UserError(f"{path}: {size / 1e9:.1f} GB would not fit in this machine's {memory / 1e9:.1f} GB of "
+                        "memory once read; split it into several smaller files (one per --splits name) "
+                        "or use a machine with more memory")
+
+
 def _read_tsv(path):
     """The columns we use, row by row, refusing any line that does not fit the header."""
+    _check_size(path)
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     # surrogateescape keeps a bad byte visible (as a lone surrogate) so the row can be counted and repaired.
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, strict=True)
@@ -208,7 +232,7 @@ def _titles(frame):
         if column in frame.columns:
             for i, value in enumerate(frame[column]):
                 if value.strip():
-                    texts[i] = value.strip()
+                    texts[i] = value.strip()[:MAX_TITLE_CHARS]
     return texts
 
 

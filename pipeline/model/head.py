@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.errors import UserError
+from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.config import HeadConfig
+from pipeline.model.folders import check_finite_weights
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "head_config.json"
@@ -64,12 +66,10 @@ class FusionHead(nn.Module):
 
 def save_head(folder, head, extra_config=None):
     """Write `model.safetensors` and `head_config.json` (the HeadConfig plus `extra_config`, e.g. training setup)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(folder, "head folder")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in head.state_dict().items()}
-    save_file(state, folder / WEIGHTS_NAME)
-    payload = {"head": asdict(head.config), "extra": extra_config or {}}
-    (folder / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    write_json_atomic(folder / CONFIG_NAME, {"head": asdict(head.config), "extra": extra_config or {}})
 
 
 def load_head(folder, dims=None, dims_source="the features"):
@@ -83,18 +83,69 @@ def load_head(folder, dims=None, dims_source="the features"):
     for path in (config_path, weights_path):
         if not path.is_file():
             raise UserError(f"{path}: missing, so {folder} is not a head checkpoint; point at a run's head/ folder")
-    try:
-        config = HeadConfig(**json.loads(config_path.read_text())["head"])
-    except (json.JSONDecodeError, KeyError, TypeError, UserError) as error:
-        raise UserError(f"{config_path}: not a valid head config ({error}); re-save the head with save_head") from None
+    config = _read_head_config(config_path)
     if dims is not None:
         check_dims(config, dims, source=dims_source, head_name=str(folder))
+    with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to match
+        expected = {name: tuple(t.shape) for name, t in FusionHead(config).state_dict().items()}
+    _check_safetensors_header(weights_path, expected, config_path)
     head = FusionHead(config)
     try:
-        head.load_state_dict(load_file(weights_path))
-    except RuntimeError as error:
-        raise UserError(f"{weights_path}: weights do not fit {config_path} ({error}); re-save the head") from None
+        state = load_file(weights_path)
+        head.load_state_dict(state)
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise UserError(f"{weights_path}: weights do not fit {config_path} ({str(error)[:200]}); "
+                        "re-save the head") from None
+    check_finite_weights(head, str(weights_path))
     return head.eval()
+
+
+MAX_WIDTH = 1 << 16  # caps every width a head config can ask for (a 1.5 TB head is a typo, not a model)
+_MAX_HEADER = 1 << 24  # a head's safetensors header is a few kB
+
+
+def _read_head_config(path):
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or not isinstance(payload.get("head"), dict):
+            raise TypeError("expected an object with a 'head' object")
+        config = HeadConfig(**payload["head"])
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, UserError) as error:
+        raise UserError(f"{path}: not a valid head config ({str(error).strip()}); "
+                        "re-save the head with save_head") from None
+    too_wide = [f"{name} {getattr(config, name)}" for name in ("text_dim", "image_dim", "proj_dim", "hidden_dim")
+                if getattr(config, name) > MAX_WIDTH]
+    if too_wide:
+        raise UserError(f"{path}: {', '.join(too_wide)} above {MAX_WIDTH}: not a head this tool saved; "
+                        "re-save the head with save_head")
+    return config
+
+
+def _check_safetensors_header(path, expected, config_path):
+    """The file's header lists exactly the tensors `expected` ({name: shape}), within the file's size."""
+    def bad(what):
+        raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or length > min(size - 8, _MAX_HEADER):
+            bad(f"corrupt safetensors header (says {length} bytes, the file has {size})")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            bad("corrupt safetensors header (not JSON)")
+    if not isinstance(header, dict):
+        bad("corrupt safetensors header (not an object)")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    shapes = {k: tuple(v.get("shape", ())) if isinstance(v, dict) else None for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if shapes[k] != expected[k])
+    if missing or unexpected or wrong:
+        found = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
+                          (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        bad(f"tensors do not fit the config ({found})")
 
 
 def check_dims(config, dims, source, head_name="the head"):

@@ -7,10 +7,9 @@ ablation.md (the table) and config.json into --out.
 """
 
 from dataclasses import asdict, replace
-from pathlib import Path
 
 from pipeline.config import add_config_arguments, configs_from_args
-from pipeline.files import write_json_atomic
+from pipeline.files import output_folder, write_json_atomic, write_text_atomic
 from pipeline.model.config import FUSIONS, MODALITIES, HeadConfig
 from pipeline.train.config import TrainConfig
 
@@ -18,6 +17,9 @@ from pipeline.train.config import TrainConfig
 def add_arguments(parser):
     parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default="runs/ablation", help="folder for ablation.csv, ablation.md, config.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out that is not an ablate folder (same-named files "
+                             "are replaced, others left)")
     parser.add_argument("--modalities", nargs="+", default=["text", "image", "text,image"],
                         help="modality sets to compare, each comma-separated (text,image = both)")
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS),
@@ -32,11 +34,14 @@ def run(args):
                                                   HeadConfig={"modalities": MODALITIES})
     for fusion in args.fusions:  # check every value before the first run, not halfway through the grid
         replace(head_config, fusion=fusion)
+    from pipeline.train.run_folder import claim_out
+
+    out = claim_out(args.out, args.overwrite, "ablate")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
     from pipeline.train.fit import load_cached_splits
-    from pipeline.train.run_folder import resolved_config
+    from pipeline.train.run_folder import resolved_config, write_csv
 
     grid = variants(args.modalities, args.fusions)
     manifest, splits = load_cached_splits(args.cache_dir)
@@ -44,10 +49,9 @@ def run(args):
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
     runs = run_ablation(splits, head_config, train_config, args.modalities, args.fusions, args.seeds, log=print)
     table = markdown_table(summarize(runs))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "ablation.csv", index=False)
-    (out / "ablation.md").write_text(table)
+    out = output_folder(out, "--out")
+    write_csv(out / "ablation.csv", runs)
+    write_text_atomic(out / "ablation.md", table)
     grid_config = {"modalities": args.modalities, "fusions": args.fusions, "seeds": args.seeds}
     # The grid sets modalities, fusion and seed per run; the rest is shared by every run.
     shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion")}

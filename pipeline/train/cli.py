@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default=None,
                         help="run folder; None means runs/head-<modalities>[-<fusion>]-seed<seed>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out that is not a train-head run folder (same-named files "
+                             "are replaced, others left)")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig)
 
@@ -26,11 +29,14 @@ def add_arguments(parser):
 def run(args):
     # Build both configs before loading anything, so a bad flag fails in milliseconds.
     head_config, train_config = configs_from_args(args, HeadConfig, TrainConfig)
+    from pipeline.train.run_folder import claim_out, default_out
+
+    out = claim_out(args.out or default_out(head_config, train_config.seed), args.overwrite, "train-head")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.fit import load_cached_splits, train_head
     from pipeline.train.metrics import shown
-    from pipeline.train.run_folder import default_out, resolved_config, write_run
+    from pipeline.train.run_folder import resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
@@ -40,7 +46,7 @@ def run(args):
     config = resolved_config("train-head", args.cache_dir, manifest, head=head_config, train=train_config,
                              resolved={"device": result.device, "threads": torch.get_num_threads(),
                                        "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch})
-    out = write_run(args.out or default_out(head_config, train_config.seed), result, config)
+    out = write_run(out, result, config)
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
     tuned = result.metrics["test"]["tuned"]

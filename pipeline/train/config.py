@@ -49,6 +49,6 @@ class TrainConfig:
         validate(
             *(whole(self, name, minimum) for name, minimum in
               (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0))),
-            number(self, "lr", above=0), number(self, "weight_decay", at_least=0),
+            number(self, "lr", above=0, below=10), number(self, "weight_decay", at_least=0, below=10),
             one_of(self, "metric", STOP_METRICS), device_name(self), class_weights_mode(self),
         )

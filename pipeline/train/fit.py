@@ -44,6 +44,12 @@ def load_cached_splits(cache_dir, names=SPLITS):
             raise UserError(f"{where}: split {name!r} has no rows; embed more data for it")
         if not np.isin(split.labels, (0, 1)).all():
             raise UserError(f"{cache_dir}/{name}: labels must be 0 (fake) or 1 (real); re-embed the cache")
+        for column in ("text_emb", "image_emb"):
+            finite = np.isfinite(getattr(split, column)).all(axis=1)
+            if not finite.all():
+                raise UserError(f"{cache_dir}/{name}: {int((~finite).sum())} row(s) of {column} hold NaN or Inf "
+                                f"(e.g. id {split.ids[int(np.argmin(finite))]!r}); the cache was built from a broken "
+                                "model or checkpoint: re-embed it with this version, which refuses such vectors")
     return manifest, splits
 
 
@@ -78,7 +84,12 @@ def fit(model, train, val, config, weights, log=None):
     for epoch in range(1, config.max_epochs + 1):
         started = time.perf_counter()
         train_loss = train_epoch(model, optimizer, train_features, train_labels, weights, config, generator)
+        if not np.isfinite(train_loss):
+            raise UserError(f"epoch {epoch}: the training loss is {train_loss} (not finite); lower --lr "
+                            f"({config.lr}) or the --class-weights, and check the cache's features")
         prob, val_loss = predict(model, val_features, val_labels, weights)
+        if not np.isfinite(prob).all():
+            raise UserError(f"epoch {epoch}: the head's validation predictions are NaN; lower --lr ({config.lr})")
         metrics = compute_metrics(val_labels_np, prob, loss=val_loss)
         score = _score(metrics, config.metric)
         history.append(_epoch_row(epoch, train_loss, metrics, config.metric, time.perf_counter() - started))

@@ -7,6 +7,12 @@ touches a display or global state; matplotlib is imported only when plotting.
 import numpy as np
 
 from pipeline.data.splits import CLASS_NAMES
+from pipeline.files import write_atomic
+
+
+def _save(fig, path):
+    """Through a temp file and a rename, so a symlink at `path` is replaced, never written through."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 
 def _figure(columns=1):
@@ -28,7 +34,7 @@ def plot_training_curves(history, best_epoch, path):
         ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="epoch", title=title)
         ax.legend()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def plot_confusion_matrices(metrics, path):
@@ -42,7 +48,7 @@ def plot_confusion_matrices(metrics, path):
                     color="white" if count > matrix.max() / 2 else "black")
         ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
                xlabel="predicted", ylabel="true", title=f"{split} (threshold 0.5)")
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def plot_roc_pr(predictions, roc_path, pr_path):
@@ -64,4 +70,4 @@ def plot_roc_pr(predictions, roc_path, pr_path):
     for fig, ax, path in ((roc_fig, roc_ax, roc_path), (pr_fig, pr_ax, pr_path)):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-        fig.savefig(path, dpi=100)
+        _save(fig, path)
