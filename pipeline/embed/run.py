@@ -57,6 +57,8 @@ def run_embed(config, group=Group(), log=print):
     inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
     fingerprint = combine(inputs)
     cache_dir = output_folder(config.cache_dir, "--cache-dir")
+    if group.is_main and owned.read_fingerprint(cache_dir) is None and not (cache_dir / owned.STAGING).is_dir():
+        owned.refuse_foreign(cache_dir)  # before the lock file is created in a folder that is not ours
     with cache_lock(cache_dir) if group.is_main else contextlib.nullcontext():
         state, target = group.broadcast(_prepare_cache(cache_dir, fingerprint, inputs, config.on_stale, log)
                                         if group.is_main else None)
