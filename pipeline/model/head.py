@@ -145,7 +145,7 @@ def _check_safetensors_header(path, expected, config_path):
     if missing or unexpected or wrong:
         found = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-        bad(f"tensors do not fit the config ({found})")
+        bad(f"weights do not fit the config ({found})")
 
 
 def check_dims(config, dims, source, head_name="the head"):
