@@ -78,6 +78,9 @@ def _load_rows(data, settings, log):
     image_root = data.resolved_image_root
     for name in SPLITS:
         rows = read_split(data.data_dir, name, data.image_pattern)
+        if not rows.labelled:
+            raise UserError(f"{rows.path}: no 2_way_label column, so split {name!r} is unlabelled; fine-tuning "
+                            "needs labelled train, val and test files (unlabelled posts are for `predict`)")
         keep, bad = scan_rows(rows, image_root, settings, decode_workers(data.num_workers, resolve_device(data.device)))
         bad_images = [(row, why) for row, why in bad if why != "empty_title"]  # empty titles always skip
         if bad_images and data.on_bad_image == "fail":
