@@ -3,9 +3,10 @@
 
 Fully offline, so the pipeline can be tried and tested without Fakeddit or a model hub:
     python data/make_demo.py --out data/demo [--rows 1000] [--seed 0] [--force]
-Writes train/val/test TSVs, new_posts.tsv (unlabelled posts for `predict`), images/ (mixed sizes, modes, formats, three broken rows),
-clip/ (random CLIPModel + preprocessor config), clip_lora.pt (LoRA checkpoint as the Colab
-notebook saves it), README.md and, last, a .complete stamp. Same arguments, same bytes.
+Writes train/val/test TSVs, new_posts.tsv (unlabelled posts for `predict`), images/ (mixed
+sizes, modes, formats, three broken rows), clip/ (random CLIPModel + preprocessor config),
+clip_lora.pt (LoRA checkpoint as the Colab notebook saves it), README.md and, last, a
+.complete stamp. Same arguments, same bytes.
 """
 import argparse
 import colorsys

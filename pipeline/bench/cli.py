@@ -34,7 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
     parser.add_argument("--gpu-util", action="store_true",
                         help="sample GPU utilisation with nvidia-smi during the embed figures")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: embed,predict (needs embed),decode,memory,cache,head")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
+                        "embed,predict (needs embed),decode,memory,cache,head")
 
 
 def run(args):
