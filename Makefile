@@ -14,6 +14,9 @@ RUN_DIR     ?= runs/head
 ABLATE_DIR  ?= runs/ablation
 ABLATE_FLAGS ?=
 E2E_DIR     ?= runs/e2e
+INPUT       ?= $(DEMO_DIR)/new_posts.tsv
+OUT         ?= $(RUN_DIR)/new_posts.predictions.csv
+PREDICT_FLAGS ?=
 DEVICE      ?= auto
 NPROC       ?= 1
 EMBED_FLAGS ?=
@@ -32,7 +35,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate finetune-e2e bench bench-gpu test lint clean
+.PHONY: help demo demo-data embed train-head ablate finetune-e2e predict bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,10 +50,12 @@ $(VENV)/.installed: pyproject.toml
 demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo
 	$(PY) data/make_demo.py --out $(DEMO_DIR)
 
-demo: demo-data  ## the whole main job on the demo sample, offline: embed, train the head, ablate
+demo: demo-data  ## the whole main job on the demo sample, offline: embed, train the head, ablate, classify new posts
 	$(MAKE) --no-print-directory embed CACHE_DIR=runs/demo/cache
 	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
 	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
+	$(MAKE) --no-print-directory predict RUN_DIR=runs/demo/head INPUT=$(DEMO_DIR)/new_posts.tsv \
+		OUT=runs/demo/new_posts.predictions.csv
 
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
@@ -67,6 +72,10 @@ finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and 
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
 		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
 		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
+
+predict: $(INSTALL)  ## classify INPUT (a TSV, labels optional) with the run in RUN_DIR into OUT (CSV)
+	$(PY) -m pipeline predict --run $(RUN_DIR) --input $(INPUT) --out $(OUT) $(IMAGE_ROOT_FLAG) \
+		--device $(DEVICE) $(PREDICT_FLAGS)
 
 bench: demo-data  ## benchmarks (builds the demo data first): runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench

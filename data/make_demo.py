@@ -3,9 +3,10 @@
 
 Fully offline, so the pipeline can be tried and tested without Fakeddit or a model hub:
     python data/make_demo.py --out data/demo [--rows 1000] [--seed 0] [--force]
-Writes train/val/test TSVs, images/ (mixed sizes, modes, formats, three broken rows),
-clip/ (random CLIPModel + preprocessor config), clip_lora.pt (LoRA checkpoint as the Colab
-notebook saves it), README.md and, last, a .complete stamp. Same arguments, same bytes.
+Writes train/val/test TSVs, new_posts.tsv (unlabelled posts for `predict`), images/ (mixed
+sizes, modes, formats, three broken rows), clip/ (random CLIPModel + preprocessor config),
+clip_lora.pt (LoRA checkpoint as the Colab notebook saves it), README.md and, last, a
+.complete stamp. Same arguments, same bytes.
 """
 import argparse
 import colorsys
@@ -23,10 +24,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump when the generated output changes, so stamps from older builds stop matching.
-VERSION = 1
+VERSION = 2
 MIN_ROWS = 20  # enough for every special image kind and three non-empty splits
 REAL_SHARE, TEXT_NOISE, IMAGE_NOISE = 0.55, 0.15, 0.20
 COLUMNS = ["id", "clean_title", "title", "2_way_label", "local_image_path", "subreddit"]
+NEW_POSTS = 12  # rows of new_posts.tsv: unlabelled, one of them with a missing image
 
 # Phrases carry the label signal.
 REAL_PHRASES = ["photo of", "city council", "scientists", "local", "study finds",
@@ -136,6 +138,22 @@ def plan_rows(n, seed):
     val, test = round(0.6 * n), round(0.8 * n)
     mark_special_rows(rng, rows, [0, val, test])
     return {"train": rows[:val], "val": rows[val:test], "test": rows[test:]}
+
+
+def plan_new_posts(seed, n=NEW_POSTS):
+    """Unlabelled posts as a moderator would get them (their own RNG: the splits do not change)."""
+    rng = random.Random(f"{seed}-new-posts")
+    rows = [make_row(rng, f"new{i:03d}") for i in range(n)]
+    rows[n // 2]["kind"] = "missing"  # shows a skipped row in predict's output
+    return rows
+
+
+def write_new_posts(out, rows):
+    columns = [c for c in COLUMNS if c != "2_way_label"]
+    with open(out / "new_posts.tsv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def color(rng, style):
@@ -308,8 +326,10 @@ def main(argv=None):
     stamp.unlink(missing_ok=True)  # a half-finished rebuild must not look complete
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never touch the network
     splits = plan_rows(args.rows, args.seed)
-    write_images(out, splits, args.seed)
+    new_posts = plan_new_posts(args.seed)
+    write_images(out, {**splits, "new_posts": new_posts}, args.seed)
     write_tsvs(out, splits)
+    write_new_posts(out, new_posts)
     build_lora(build_clip(out, args.seed), out / "clip_lora.pt", args.seed)
     write_readme(out, args)
     stamp.write_text(want)

@@ -23,6 +23,7 @@ COMMANDS = {
     "train-head": "pipeline.train.cli",
     "ablate": "pipeline.train.ablate_cli",
     "finetune-e2e": "pipeline.e2e.cli",
+    "predict": "pipeline.predict.cli",
     "bench": "pipeline.bench.cli",
 }
 
@@ -59,7 +60,7 @@ def build_parser():
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(command_run=module.run)  # not `run`: predict has a --run flag
     return parser
 
 
@@ -68,7 +69,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
-        return args.run(args)
+        return args.command_run(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -129,7 +129,8 @@ def test_fail_policy_stops_at_the_first_bad_image(embed_args, dataset, capsys):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda text: text.replace("2_way_label", "label"), "missing column.*2_way_label.*found: id"),
+    (lambda text: text.replace("clean_title", "headline"), "missing column.*clean_title or title.*found: id"),
+    (lambda text: text.replace("\t1\t", "\t\t", 1), "1 row\\(s\\) are not, e.g. line 3: ''"),  # an empty label
     (lambda text: text.replace("\t1\t", "\t2\t", 1), "line 3: '2'"),
     (lambda text: text.replace("\t0\t", "\ttrue\t", 1), "must be 0 \\(fake\\) or 1 \\(real\\)"),
     (lambda text: text.replace("te0001", "te0000"), "id 'te0000' appears on line 2 with label 0 and on line 3"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-STAGES = ("embed", "train", "e2e", "bench")
-COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "bench")
+STAGES = ("embed", "train", "e2e", "bench", "predict")
+COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "predict", "bench")
 
 
 def imports(path):
@@ -37,7 +37,7 @@ def test_data_and_model_import_nothing_from_the_stages(room):
             assert not used & set(STAGES), f"{path.relative_to(PACKAGE)} imports {module} {names}"
 
 
-@pytest.mark.parametrize("room", ["e2e", "bench"])
+@pytest.mark.parametrize("room", ["e2e", "bench", "predict"])
 def test_e2e_and_bench_use_only_public_names_of_other_rooms(room):
     for path in sorted((PACKAGE / room).glob("*.py")):
         for module, names in imports(path):
@@ -65,3 +65,10 @@ def test_help_imports_neither_torch_nor_transformers():
                             cwd=PACKAGE.parent)
     assert "--cache-dir" in result.stdout and "--lr-encoder" in result.stdout  # the commands' flags were listed
     assert result.stderr.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_import_pipeline_and_its_classifier_name_import_no_torch():
+    code = "import sys, pipeline\nassert 'Classifier' in pipeline.__all__\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    assert result.stdout.strip() == "False"

@@ -110,7 +110,20 @@ def test_force_rebuild_with_fewer_rows_drops_stale_images(make_demo, tmp_path):
     make_demo.main(["--out", str(out), "--rows", "40"])
     make_demo.main(["--out", str(out), "--rows", "20", "--force"])
     listed = {Path(r["local_image_path"]).name for rows in read_rows(out).values() for r in rows}
+    listed |= {Path(r["local_image_path"]).name for r in read_new_posts(out)}
     assert {p.name for p in (out / "images").iterdir()} <= listed
+
+
+def read_new_posts(out):
+    with open(out / "new_posts.tsv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_new_posts_are_unlabelled_with_their_images(demo):
+    rows = read_new_posts(demo)
+    assert len(rows) == 12 and "2_way_label" not in rows[0]
+    present = [(demo / r["local_image_path"]).is_file() for r in rows]
+    assert present.count(False) == 1  # one missing image, to show a skipped row
 
 
 def test_too_few_rows_is_a_usage_error(make_demo, tmp_path):

@@ -1,4 +1,4 @@
-"""Run the benchmark suite: stage one's speed and memory, image decoding, the cache, stage two.
+"""Run the benchmark suite: stage one's and predict's speed, memory, image decoding, the cache, stage two.
 
 Writes OUT/results.json and OUT/results.md. Every figure is a ratio of two
 measurements made in this one run, or an absolute figure stated with this
@@ -34,7 +34,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
     parser.add_argument("--gpu-util", action="store_true",
                         help="sample GPU utilisation with nvidia-smi during the embed figures")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: embed,decode,memory,cache,head")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
+                        "embed,predict (needs embed),decode,memory,cache,head")
 
 
 def run(args):
@@ -65,6 +66,10 @@ def run(args):
                                                 args.batch_size, args.num_workers, args.device) for name in configs}
             if args.gpu_util:
                 results["embed"]["gpu_utilisation_percent"] = utilisation.summary()
+            if "predict" not in skip:
+                results["predict"] = {name: _step(f"predict {name}", bench.bench_predict, work, name, args.batch_size,
+                                                  args.num_workers, args.device, results["embed"][name]["rows_per_s"])
+                                      for name in configs}
         if "decode" not in skip:
             results["decode"] = _step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1])
         if "memory" not in skip:

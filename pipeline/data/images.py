@@ -125,14 +125,7 @@ def load_image(root, relative, settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > settings.max_pixels:
-                    raise BadImage("too_many_pixels", f"{width}x{height}")
-                if settings.draft:
-                    _request_draft(image, settings.size)
-                image.seek(0)  # animated GIF/WebP: first frame
-                image.load()
-                rgb = to_rgb(ImageOps.exif_transpose(image))
+                return image_pixels(image, settings, name=relative)
     except BadImage:
         raise
     except Image.DecompressionBombError as error:
@@ -141,6 +134,24 @@ def load_image(root, relative, settings):
         raise BadImage("not_an_image", str(relative)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
+
+
+def image_pixels(image, settings, name="image"):
+    """An opened Pillow image -> (S, S, 3) uint8, exactly as `load_image` treats a file (an image opened
+    and not yet loaded gets the same JPEG draft decoding; a loaded one is used as it is)."""
+    try:
+        width, height = image.size
+        if width * height > settings.max_pixels:
+            raise BadImage("too_many_pixels", f"{width}x{height}")
+        if settings.draft:
+            _request_draft(image, settings.size)  # a no-op on an image already loaded
+        image.seek(0)  # animated GIF/WebP: first frame
+        image.load()
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise BadImage("truncated_or_corrupt", f"{name}: {error}") from None
     return resize_and_crop(rgb, settings.size)
 
 

@@ -2,7 +2,8 @@
 
 A split is `<data-dir>/<split>_filtered.tsv` or `<data-dir>/<split>.tsv`.
 Text is `clean_title`, falling back to `title`; the label is `2_way_label`
-(1 = real, 0 = fake); the image is `local_image_path` relative to the image
+(1 = real, 0 = fake), optional: a file without that column is unlabelled (new
+posts to classify), but a file with it must label every row; the image is `local_image_path` relative to the image
 root or, when that column is absent (Fakeddit's own `multimodal_*.tsv`), a
 pattern such as `{id}.jpg`.
 
@@ -42,7 +43,7 @@ class SplitRows:
     path: Path
     ids: list  # str row keys
     texts: list  # str, "" when the title is empty
-    labels: np.ndarray  # (N,) int8
+    labels: np.ndarray  # (N,) int8; None when the file has no 2_way_label column (unlabelled)
     image_paths: list  # str, relative to the image root
     duplicate_ids: int  # ids seen before in this split with the same label
     lines: list = None  # line number of each row in the file (header = line 1)
@@ -50,6 +51,10 @@ class SplitRows:
 
     def __len__(self):
         return len(self.ids)
+
+    @property
+    def labelled(self):
+        return self.labels is not None
 
     def line(self, row):
         return self.lines[row] if self.lines is not None else row + 2
@@ -68,13 +73,18 @@ def find_split_file(data_dir, split):
 
 
 def read_split(data_dir, split, image_pattern="{id}.jpg"):
-    path = find_split_file(data_dir, split)
+    return read_rows(find_split_file(data_dir, split), split, image_pattern)
+
+
+def read_rows(path, split, image_pattern="{id}.jpg"):
+    """The rows of one TSV file (any name); `split` names them (ids `<split>-<row>` without an id column)."""
+    path = Path(path)
     table = _read_tsv(path)
     _check_columns(table.header, path, image_pattern)
     if not table.lines:
-        raise UserError(f"{path}: the split file has a header but no rows; add rows or leave {split!r} out of --splits")
+        raise UserError(f"{path}: the file has a header but no rows; add rows (or leave {split!r} out of --splits)")
     frame = pd.DataFrame(table.columns, dtype=object)
-    labels = parse_labels(frame[LABEL_COLUMN], path, table.lines)
+    labels = parse_labels(frame[LABEL_COLUMN], path, table.lines) if LABEL_COLUMN in frame.columns else None
     ids = _row_ids(frame, split)
     duplicates = _check_duplicate_ids(ids, labels, path, table.lines)
     return SplitRows(
@@ -176,9 +186,7 @@ def _replace_bad_bytes(values):
 
 
 def _check_columns(header, path, image_pattern):
-    missing = []
-    if LABEL_COLUMN not in header:
-        missing.append(LABEL_COLUMN)
+    missing = []  # no 2_way_label is fine: an unlabelled file
     if not any(c in header for c in TEXT_COLUMNS):
         missing.append(" or ".join(TEXT_COLUMNS))
     if IMAGE_COLUMN not in header and "{id}" in image_pattern and "id" not in header:
@@ -186,7 +194,7 @@ def _check_columns(header, path, image_pattern):
     if missing:
         raise UserError(
             f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header)}; "
-            f"expected: {LABEL_COLUMN}, clean_title (or title), {IMAGE_COLUMN} (or id)"
+            f"expected: clean_title (or title), {IMAGE_COLUMN} (or id), and {LABEL_COLUMN} to train"
         )
 
 
@@ -211,6 +219,7 @@ def _row_ids(frame, split):
 
 
 def _check_duplicate_ids(ids, labels, path, lines):
+    labels = [None] * len(ids) if labels is None else labels  # unlabelled: duplicates cannot conflict
     first_seen, duplicates = {}, 0
     for row, (key, label) in enumerate(zip(ids, labels)):
         if key not in first_seen:

@@ -22,6 +22,7 @@ from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
 from pipeline.e2e.export import export_model
 from pipeline.e2e.trainer import MultimodalTrainer, configure_trainable, metrics_from_logits
 from pipeline.embed.cache import write_skipped
+from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
@@ -64,13 +65,25 @@ def run_finetune(data, config, log=print):
         return out
     resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
                 "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
-    write_run(out, run, resolved)
-    write_skipped(out / "skipped.tsv", skipped)
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
+    write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model.dims))
+    write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
     log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
     return out
+
+
+def _exported_encoders(out, data, settings, dims):
+    """The run's own export/ encoders (LoRA merged into export/clip_model), as `predict` rebuilds them;
+    `in_run` lets a moved run folder find them."""
+    def model(name):
+        path = out / "export" / name
+        return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
+
+    return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
+            "lora_alpha": None, "pooling": data.pooling, "max_length": data.max_length,
+            "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": dims}
 
 
 def _load_rows(data, settings, log):
@@ -78,6 +91,9 @@ def _load_rows(data, settings, log):
     image_root = data.resolved_image_root
     for name in SPLITS:
         rows = read_split(data.data_dir, name, data.image_pattern)
+        if not rows.labelled:
+            raise UserError(f"{rows.path}: no 2_way_label column, so split {name!r} is unlabelled; fine-tuning "
+                            "needs labelled train, val and test files (unlabelled posts are for `predict`)")
         keep, bad = scan_rows(rows, image_root, settings, decode_workers(data.num_workers, resolve_device(data.device)))
         bad_images = [(row, why) for row, why in bad if why != "empty_title"]  # empty titles always skip
         if bad_images and data.on_bad_image == "fail":

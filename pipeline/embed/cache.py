@@ -44,7 +44,7 @@ class CachedSplit:
     """One split loaded into memory: row `i` of every array is the same post."""
 
     ids: np.ndarray  # (N,) object (str)
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64; -1 in an unlabelled split
     text_emb: np.ndarray  # (N, Dt) float32
     image_emb: np.ndarray  # (N, Di) float32
 
@@ -71,10 +71,15 @@ def _embedding_array(matrix, dtype):
 
 
 def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None):
-    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}."""
+    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
+
+    `labels` None (an unlabelled split) writes a label column of nulls.
+    """
+    ids = list(ids)
     table = pa.table({
-        "id": pa.array(list(ids), type=pa.string()),
-        "label": pa.array(np.asarray(labels, dtype=np.int8), type=pa.int8()),
+        "id": pa.array(ids, type=pa.string()),
+        "label": pa.nulls(len(ids), pa.int8()) if labels is None
+        else pa.array(np.asarray(labels, dtype=np.int8), type=pa.int8()),
         "text_emb": _embedding_array(text_emb, dtype),
         "image_emb": _embedding_array(image_emb, dtype),
     })
@@ -99,12 +104,22 @@ def _read_part_notes(path):
     """(labels, skipped list, counts dict) of a part, or a clear error for an unreadable part."""
     try:
         notes = pq.read_schema(path).metadata or {}
-        labels = pq.read_table(path, columns=["label"]).column("label").to_numpy()
+        labels = pq.read_table(path, columns=["label"]).column("label")
         return labels, json.loads(notes.get(_SKIPPED_KEY, b"[]")), json.loads(notes.get(_COUNTS_KEY, b"{}"))
     except (OSError, ValueError, pa.ArrowException) as error:
         raise UserError(
             f"{path}: unreadable cache part ({error}); delete that file and rerun the same command to embed it again"
         ) from None
+
+
+def read_part_rows(path):
+    """(ids, text_emb, image_emb, skipped) of one part, in input-row order; `skipped` lists
+    {"id", "row", "reason"} for the part's rows that were not embedded."""
+    table = _read_part(path)
+    skipped = json.loads((table.schema.metadata or {}).get(_SKIPPED_KEY, b"[]"))
+    dims = [table.schema.field(name).type.list_size for name in EMBEDDING_COLUMNS]
+    return (table.column("id").to_pylist(), _matrix(table.column("text_emb"), dims[0], path, "text_emb"),
+            _matrix(table.column("image_emb"), dims[1], path, "image_emb"), skipped)
 
 
 def missing_parts(cache_dir, manifest):
@@ -214,7 +229,7 @@ def load_split(cache_dir, split, verify=True):
         if stop > rows:
             raise UserError(f"{path}: more rows than the manifest records; re-embed the cache")
         ids[start:stop] = table.column("id").to_pylist()
-        labels[start:stop] = table.column("label").to_numpy()
+        labels[start:stop] = table.column("label").fill_null(-1).to_numpy()
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -250,20 +265,22 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     `splits` maps split name -> number of input rows read. Checks that every
     input row is accounted for: embedded in a part or listed as skipped.
     Per split the manifest also has `class_counts` (embedded rows per class),
+    `labelled` (false when the split file had no label column: labels are null),
     the parts' summed counts, and whatever `split_notes[split]` adds.
     """
     cache_dir = Path(cache_dir)
     classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
     manifest_splits, skipped_rows = {}, []
     for split, rows_read in splits.items():
-        parts, embedded, reasons, counts = [], 0, {}, {}
+        parts, embedded, reasons, counts, unlabelled = [], 0, {}, {}, 0
         class_counts = dict.fromkeys(classes.values(), 0)
         for index in sorted(existing_parts(cache_dir, split)):
             path = part_path(cache_dir, split, index)
             labels, part_skipped, part_counts = _read_part_notes(path)
             parts.append({"file": path.name, "rows": len(labels), "sha256": file_sha256(path)})
             embedded += len(labels)
-            for label, count in zip(*np.unique(labels, return_counts=True)):
+            unlabelled += labels.null_count
+            for label, count in zip(*np.unique(labels.drop_null().to_numpy(), return_counts=True)):
                 class_counts[classes[str(label)]] += int(count)
             for name, count in part_counts.items():
                 counts[name] = counts.get(name, 0) + count
@@ -276,7 +293,8 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
         manifest_splits[split] = {
             "rows_read": rows_read, "rows_embedded": embedded,
             "rows_skipped": skipped, "skipped_by_reason": reasons, "parts": parts,
-            "class_counts": class_counts, **counts, **(split_notes or {}).get(split, {}),
+            "class_counts": class_counts, "labelled": unlabelled == 0, **counts,
+            **(split_notes or {}).get(split, {}),
         }
     write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
     manifest = {

@@ -90,7 +90,8 @@ def run_embed(config, group=Group(), log=print):
                 target, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
                 dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
-                                    "non_utf8_rows": rows.non_utf8_rows} for name, rows in splits.items()},
+                                    "non_utf8_rows": rows.non_utf8_rows, "labelled": rows.labelled}
+                             for name, rows in splits.items()},
             )
             if Path(target) != cache_dir:
                 owned.swap(cache_dir, manifest)  # the new cache replaces the old one only now, complete
@@ -301,8 +302,14 @@ def summary(manifest):
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(info["skipped_by_reason"].items())) or "-"
         notes = "".join(f"; {key}={info[key]}" for key in SPLIT_NOTES if info.get(key))
         classes = info.get("class_counts", {})
+        labelled = info.get("labelled", True)
+        fake, real = (classes.get("fake", 0), classes.get("real", 0)) if labelled else ("-", "-")
         lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_embedded']:>9} {info['rows_skipped']:>8} "
-                     f"{classes.get('fake', 0):>8} {classes.get('real', 0):>8}  {reasons}{notes}")
+                     f"{fake:>8} {real:>8}  {reasons}{notes}{'' if labelled else '; unlabelled'}")
+        if not labelled:
+            if not info["rows_embedded"]:
+                warnings.append(f"warning: split {name!r} has no embedded rows")
+            continue
         present = [label for label, count in classes.items() if count]
         if not present:
             warnings.append(f"warning: split {name!r} has no embedded rows")

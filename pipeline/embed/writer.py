@@ -73,11 +73,12 @@ class PartWriter:
                 skipped.append({"id": self.rows.ids[row], "row": row, "reason": result})
                 continue
             ids.append(self.rows.ids[row])
-            labels.append(self.rows.labels[row])
+            labels.append(self.rows.labels[row] if self.rows.labelled else None)
             text.append(result[0])
             image.append(result[1])
         cache.write_part(
-            cache.part_path(self.config.cache_dir, self.rows.split, part), ids, labels,
+            cache.part_path(self.config.cache_dir, self.rows.split, part), ids,
+            labels if self.rows.labelled else None,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
             skipped, dtype=self.config.cache_dtype, counts=counts,

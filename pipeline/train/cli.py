@@ -36,7 +36,7 @@ def run(args):
 
     from pipeline.train.fit import load_cached_splits, train_head
     from pipeline.train.metrics import shown
-    from pipeline.train.run_folder import resolved_config, write_run
+    from pipeline.train.run_folder import encoders_from_manifest, resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
@@ -46,7 +46,7 @@ def run(args):
     config = resolved_config("train-head", args.cache_dir, manifest, head=head_config, train=train_config,
                              resolved={"device": result.device, "threads": torch.get_num_threads(),
                                        "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch})
-    out = write_run(out, result, config)
+    out = write_run(out, result, config, encoders=encoders_from_manifest(manifest))
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
     tuned = result.metrics["test"]["tuned"]

@@ -38,6 +38,11 @@ def load_cached_splits(cache_dir, names=SPLITS):
     if missing:
         raise UserError(f"{where}: the cache has no {', '.join(missing)} split (it has: "
                         f"{', '.join(manifest.get('splits', {}))}); embed them with --splits")
+    unlabelled = [name for name in names if not manifest["splits"][name].get("labelled", True)]
+    if unlabelled:
+        raise UserError(f"{where}: split {', '.join(map(repr, unlabelled))} is unlabelled (its file has no "
+                        "2_way_label column); training needs labelled train, val and test splits: embed files "
+                        "with labels (unlabelled posts are for `predict`)")
     splits = {name: load_split(cache_dir, name) for name in names}
     for name, split in splits.items():
         if len(split) == 0:

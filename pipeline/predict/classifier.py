@@ -1,0 +1,129 @@
+"""`Classifier`: a run folder's encoders and head, loaded once, for new posts from Python.
+
+    clf = Classifier.from_run("runs/demo/head", device="auto")
+    clf.predict(["a title", ...], ["img.jpg", PIL.Image, None, ...])   # -> pandas.DataFrame
+    clf.predict_tsv("new_posts.tsv")                                  # what `predict` writes, as a DataFrame
+
+Rows become the model's inputs through the one batch preparation
+(`pipeline.model.batch.prepare_batch`), and the head scores float32 vectors
+outside autocast, as it scores stage one's cached ones, so the CLI and the API
+give the same probabilities for the same rows.
+"""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.data.images import BadImage, ImageSettings, image_pixels, load_image
+from pipeline.device import autocast, resolve_device
+from pipeline.errors import UserError
+from pipeline.model.batch import prepare_batch
+from pipeline.model.classifier import build_encoders
+from pipeline.model.head import load_head
+from pipeline.model.text_encoder import load_tokenizer
+from pipeline.predict import encoders as guard
+from pipeline.predict.run import predict_file, read_results, results_frame
+
+SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
+
+
+class Classifier:
+    def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64):
+        self.model = model  # MultimodalBertClipClassifier with the run's head, in eval mode
+        self.tokenizer = tokenizer
+        self.settings = settings  # ImageSettings the head's features were made with
+        self.encoders = encoders  # paths, content hashes and settings, as `guard.resolve` returns them
+        self.threshold = threshold
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.warnings = list(warnings)
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_run(cls, run_dir, device="auto", threshold="tuned", text_model=None, clip_model=None, clip_lora=None,
+                 pooling=None, allow_other_encoders=False, batch_size=64, max_pixels=None):
+        """Load the run's head and the encoders it was trained on (checked by content; see `predict.encoders`)."""
+        run_dir = Path(run_dir)
+        record = guard.read_record(run_dir)
+        given = {"text_model": text_model, "clip_model": clip_model, "clip_lora": clip_lora, "pooling": pooling}
+        encoders, warnings = guard.resolve(run_dir, record, given, allow_other_encoders)
+        device = resolve_device(device)
+        model, _ = build_encoders(encoders["text_model"], encoders["clip_model"], encoders["clip_lora"],
+                                  encoders["lora_alpha"], encoders["pooling"], encoders["clip_embedding"])
+        model.head = load_head(run_dir / "head", dims=model.dims,
+                               dims_source=f"the encoders {encoders['text_model']} and {encoders['clip_model']}")
+        image = {**encoders["image"], "mean": tuple(encoders["image"]["mean"]), "std": tuple(encoders["image"]["std"])}
+        if max_pixels is not None:
+            image["max_pixels"] = max_pixels
+        if threshold != "tuned" and not 0 <= float(threshold) <= 1:
+            raise UserError(f"--threshold {threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1")
+        return cls(model.to(device).eval(), load_tokenizer(encoders["text_model"]), ImageSettings(**image), encoders,
+                   record["threshold"] if threshold == "tuned" else float(threshold), device, run_dir, warnings,
+                   batch_size)
+
+    @property
+    def fingerprint(self):
+        """What the features depend on: content hashes and settings (not the paths)."""
+        return {k: v for k, v in self.encoders.items() if k not in guard.MODELS}
+
+    @torch.inference_mode()
+    def score_features(self, text_emb, image_emb):
+        """Cached vectors (N, Dt), (N, Di) -> prob_real (N,) float64, as train-head scores them."""
+        probs = []
+        for start in range(0, len(text_emb), SCORE_BATCH):
+            features = {"text_emb": torch.as_tensor(text_emb[start:start + SCORE_BATCH]).float().to(self.device),
+                        "image_emb": torch.as_tensor(image_emb[start:start + SCORE_BATCH]).float().to(self.device)}
+            probs.append(torch.softmax(self.model.head(features).float(), dim=1)[:, 1].double().cpu().numpy())
+        return np.concatenate(probs) if probs else np.zeros(0)
+
+    @torch.inference_mode()
+    def predict(self, titles, images, ids=None, labels=None, image_root=None):
+        """Titles and images (paths, relative to `image_root` when given; Pillow images; or None) -> a DataFrame
+        with the CLI's columns, one row per input in order; rows that cannot be scored carry the reason."""
+        titles, images = list(titles), list(images)
+        if len(titles) != len(images):
+            raise UserError(f"predict: {len(titles)} titles but {len(images)} images; give one image per title")
+        ids = [str(i) for i in range(len(titles))] if ids is None else [str(key) for key in ids]
+        prob, status = np.full(len(titles), np.nan), ["ok"] * len(titles)
+        for start in range(0, len(titles), self.batch_size):
+            good, pixels = [], []
+            for row in range(start, min(start + self.batch_size, len(titles))):
+                title = (titles[row] or "").strip()
+                try:
+                    if not title:
+                        raise BadImage("empty_title")  # stage one's reason, checked before the image
+                    pixels.append(self._pixels(images[row], image_root))
+                    good.append(row)
+                except BadImage as error:
+                    status[row] = error.reason
+            if good:
+                batch = prepare_batch(self.tokenizer, [titles[row].strip() for row in good],
+                                      torch.from_numpy(np.stack(pixels)), self.encoders["max_length"], self.settings)
+                with autocast(self.device):
+                    vectors = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
+                prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float())
+        return results_frame(ids, prob, status, self.threshold, labels)
+
+    def _pixels(self, image, image_root):
+        if image is None:
+            raise BadImage("no_image_path")
+        if isinstance(image, Image.Image):
+            return image_pixels(image, self.settings)
+        path = Path(image)
+        if image_root is None:  # a path of the caller's own: its folder is the root
+            return load_image(path.parent, path.name, self.settings)
+        return load_image(image_root, str(image), self.settings)
+
+    def predict_tsv(self, path, out=None, **options):
+        """What `python -m pipeline predict` writes for `path`, as a DataFrame (and into `out` when given);
+        `options`: image_root, image_pattern, cache_dir, num_workers, on_bad_image, part_rows, log."""
+        options = {"batch_size": self.batch_size, "log": lambda *_: None, **options}
+        if out is not None:
+            predict_file(self, path, out, **options)
+            return read_results(out)
+        with tempfile.TemporaryDirectory() as folder:
+            predict_file(self, path, Path(folder) / "predictions.csv", **options)
+            return read_results(Path(folder) / "predictions.csv")
