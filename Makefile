@@ -35,7 +35,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate finetune-e2e predict bench bench-gpu test lint clean
+.PHONY: help demo demo-data embed train-head ablate finetune-e2e predict report bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,7 @@ demo: demo-data  ## the whole main job on the demo sample, offline: embed, train
 	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
 	$(MAKE) --no-print-directory predict RUN_DIR=runs/demo/head INPUT=$(DEMO_DIR)/new_posts.tsv \
 		OUT=runs/demo/new_posts.predictions.csv
+	@echo "Pages to open in a browser: runs/demo/head/report.html (the run) and runs/demo/ablation/report.html (the ablation)"
 
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
@@ -76,6 +77,9 @@ finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and 
 predict: $(INSTALL)  ## classify INPUT (a TSV, labels optional) with the run in RUN_DIR into OUT (CSV)
 	$(PY) -m pipeline predict --run $(RUN_DIR) --input $(INPUT) --out $(OUT) $(IMAGE_ROOT_FLAG) \
 		--device $(DEVICE) $(PREDICT_FLAGS)
+
+report: $(INSTALL)  ## one self-contained HTML page for RUN_DIR (a train-head, finetune-e2e or ablate folder)
+	$(PY) -m pipeline report $(RUN_DIR)
 
 bench: demo-data  ## benchmarks (builds the demo data first): runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench

@@ -25,6 +25,7 @@ COMMANDS = {
     "finetune-e2e": "pipeline.e2e.cli",
     "predict": "pipeline.predict.cli",
     "bench": "pipeline.bench.cli",
+    "report": "pipeline.report.cli",
 }
 
 

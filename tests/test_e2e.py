@@ -41,6 +41,12 @@ def e2e_run(tmp_path_factory, tiny_bert, tiny_clip):
     return {"out": out, "dataset": dataset, "root": root}
 
 
+def test_finetune_writes_its_report_page(e2e_run):
+    text = (e2e_run["out"] / "report.html").read_text()
+    assert text.startswith("<!DOCTYPE html>") and 'id="metrics-table"' in text and "finetune-e2e" in text
+    assert "https://" not in text and 'alt="learning curves' in text
+
+
 def test_run_folder_has_stage_two_files_and_exports(e2e_run):
     out = e2e_run["out"]
     for name in ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",

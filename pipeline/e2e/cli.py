@@ -5,10 +5,13 @@ stopping with best-model restore and stage two's metrics; exports encoders that
 `make embed` takes as they are (see OUT/export/embed.sh).
 """
 
+import os
+
 from pipeline.config import add_config_arguments, config_from_args, configs_from_args
 from pipeline.e2e.config import TRAIN_DEFAULTS, TRAIN_FIELDS_UNUSED, FinetuneConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.model.config import HeadConfig
+from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
 
 # Stage one's flags that make no sense here (the cache) get a placeholder.
@@ -24,6 +27,7 @@ def add_arguments(parser):
                          skip=("text_dim", "image_dim"))
     add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
                          defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
+    add_report_argument(parser)
 
 
 def run(args):
@@ -31,5 +35,7 @@ def run(args):
 
     data, head, train = configs_from_args(args, EmbedConfig, HeadConfig, TrainConfig,
                                           EmbedConfig=_UNUSED_EMBED_FLAGS)
-    run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train))
+    out = run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train))
+    if int(os.environ.get("RANK", "0")) == 0:  # one process writes the run folder under torchrun
+        report_if_asked(args, out)
     return 0

@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pipeline.config import add_config_arguments, configs_from_args
 from pipeline.files import output_folder, write_json_atomic, write_text_atomic
 from pipeline.model.config import FUSIONS, MODALITIES, HeadConfig
+from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every variant")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
+    add_report_argument(parser)
 
 
 def run(args):
@@ -41,6 +43,7 @@ def run(args):
 
     from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
     from pipeline.train.fit import load_cached_splits
+    from pipeline.train.plots import plot_ablation
     from pipeline.train.run_folder import resolved_config, write_csv
 
     grid = variants(args.modalities, args.fusions)
@@ -59,5 +62,7 @@ def run(args):
                                                            head=shared_head, train=train_config,
                                                            resolved={"threads": torch.get_num_threads()}))
     print(table, end="")
-    print(f"Ablation folder: {out} (ablation.csv, ablation.md, config.json)")
+    plot_ablation(runs, out / "ablation_f1.png")
+    print(f"Ablation folder: {out} (ablation.csv, ablation.md, ablation_f1.png, config.json)")
+    report_if_asked(args, out)
     return 0

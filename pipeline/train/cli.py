@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from pipeline.config import add_config_arguments, configs_from_args
 from pipeline.model.config import HeadConfig
+from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
 
 
@@ -24,6 +25,7 @@ def add_arguments(parser):
                              "are replaced, others left)")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig)
+    add_report_argument(parser)
 
 
 def run(args):
@@ -54,4 +56,5 @@ def run(args):
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")
     print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
           f"{result.seconds:.1f} s)")
+    report_if_asked(args, out)
     return 0

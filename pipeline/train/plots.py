@@ -71,3 +71,20 @@ def plot_roc_pr(predictions, roc_path, pr_path):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
         _save(fig, path)
+
+
+def plot_ablation(runs, path, metric="test_f1_macro"):
+    """One row per variant: each seed's `metric` as a dot and the mean as a bar (an `ablate` table's runs)."""
+    variants = list(dict.fromkeys(zip(runs["modalities"], runs["fusion"])))
+    fig, (ax,) = _figure()
+    fig.set_size_inches(6, 0.5 * len(variants) + 1.5)
+    for y, (modalities, fusion) in enumerate(variants):
+        values = runs[(runs["modalities"] == modalities) & (runs["fusion"] == fusion)][metric].to_numpy(float)
+        ax.barh(y, values.mean(), color="#c6dbef", height=0.6)
+        ax.scatter(values, np.full(values.shape, y), color="#08519c", zorder=3, s=18)
+    ax.set_yticks(range(len(variants)), [m if f == "-" else f"{m} {f}" for m, f in variants])
+    ax.invert_yaxis()
+    low = float(runs[metric].min())
+    ax.set_xlim(max(0.0, low - 0.05), min(1.0, float(runs[metric].max()) + 0.02))
+    ax.set(xlabel=f"{metric} (bar: mean over seeds; dots: seeds)", title="ablation")
+    _save(fig, path)

@@ -1,0 +1,47 @@
+"""The page of an `ablate` folder: the variants table, test macro-F1 per variant with each seed, links."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.report.markup import Raw, escape, image, page, paragraph, section, table
+from pipeline.train.ablate import SUMMARY, summarize
+from pipeline.train.plots import plot_ablation
+
+PLOT_NAME = "ablation_f1.png"
+LINKED = ("ablation.csv", "ablation.md", "config.json")
+
+
+def ablation_page(folder):
+    folder = Path(folder)
+    runs = pd.read_csv(folder / "ablation.csv")
+    if not (folder / PLOT_NAME).is_file():
+        plot_ablation(runs, folder / PLOT_NAME)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    links = " · ".join(f'<a href="{escape(name)}">{escape(name)}</a>' for name in LINKED if (folder / name).is_file())
+    sections = [
+        section("Variants", Raw(_variants_table(runs) + paragraph(
+            f"{len(runs)} runs; mean ± sample std over seeds.", note=True)), "metrics"),
+        section("Test macro-F1 per variant", image(folder / PLOT_NAME, "test macro-F1 per variant and seed"), "plot"),
+        section("Runs", Raw(f"<p>{links}</p>" + table(
+            ["modalities", "fusion", "seed", "val f1_macro", "test f1_macro", "best epoch"],
+            runs[["modalities", "fusion", "seed", "val_f1_macro", "test_f1_macro", "best_epoch"]].values.tolist(),
+            text_columns=2)), "runs"),
+        section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
+    ]
+    return page(f"ablate: {folder.name}", f"Ablation folder {folder.resolve()}", sections)
+
+
+def _variants_table(runs):
+    summary = summarize(runs)
+    header = ["modalities", "fusion", "runs"] + [f"{split} {metric}" for split, metric in SUMMARY]
+    rows = []
+    for _, row in summary.iterrows():
+        cells = [row["modalities"], row["fusion"], row["runs"]]
+        for split, metric in SUMMARY:
+            mean, std = row[f"{split}_{metric}_mean"], row[f"{split}_{metric}_std"]
+            cells.append(f"{mean:.4f}" if pd.isna(std) else f"{mean:.4f} ± {std:.4f}")
+        rows.append(cells)
+    return table(header, rows, table_id="metrics-table", text_columns=2)

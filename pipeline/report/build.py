@@ -1,0 +1,48 @@
+"""Which page a folder gets, and writing it (atomically, next to the run by default)."""
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.files import write_atomic
+
+PAGE_NAME = "report.html"
+
+
+def add_report_argument(parser):
+    """`--report/--no-report` for the commands that end with a run or ablation folder."""
+    parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"write {PAGE_NAME}, one self-contained HTML page of the results, into the folder")
+
+
+def report_if_asked(args, folder, log=print):
+    if args.report:
+        out = write_report(folder)
+        log(f"Report: {out} ({out.stat().st_size / 1024:.0f} KB)")
+
+
+def kind_of(folder):
+    """'ablation' (ablation.csv), 'run' (metrics.json + config.json) or an error naming what is missing."""
+    folder = Path(folder)
+    if (folder / "ablation.csv").is_file():
+        return "ablation"
+    if (folder / "metrics.json").is_file() and (folder / "config.json").is_file():
+        return "run"
+    raise UserError(f"{folder}: neither a run folder (metrics.json + config.json, written by train-head or "
+                    "finetune-e2e) nor an ablation folder (ablation.csv); point at one of those")
+
+
+def write_report(folder, out=None):
+    """Write the folder's page to `out` (default FOLDER/report.html); returns its path."""
+    folder = Path(folder)
+    kind = kind_of(folder)
+    if kind == "ablation":
+        from pipeline.report.ablation_page import ablation_page as build
+    else:
+        from pipeline.report.run_page import run_page as build
+    text = build(folder)
+    out = Path(out) if out else folder / PAGE_NAME
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as {out / PAGE_NAME}")
+    write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return out

@@ -1,0 +1,139 @@
+"""The page of one run folder (`train-head` or `finetune-e2e`): metrics, data, curves, worst errors, config."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.report.examples import data_settings, error_cards
+from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
+
+FIGURES = (("curves.png", "learning curves (dashed line: best epoch)"), ("confusion_matrix.png", "confusion matrices"),
+           ("roc.png", "ROC curves"), ("pr.png", "precision-recall curves"), ("reliability.png", "reliability diagram"))
+SPLIT_COUNTS = ("rows_read", "rows_embedded", "rows_skipped")
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def run_page(folder):
+    folder = Path(folder)
+    config, metrics = read_json(folder / "config.json"), read_json(folder / "metrics.json")
+    data = data_settings(config)
+    sections = [
+        section("Metrics", metrics_section(metrics), "metrics"),
+        section("Data", data_section(config, folder), "data"),
+        section("Training and curves", figures_section(folder, config), "curves"),
+        section("Worst errors", worst_errors_section(folder, data), "errors"),
+        section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
+    ]
+    doctor = doctor_section(config)
+    if doctor:
+        sections.insert(2, section("Leakage doctor", doctor, "doctor"))
+    command = config.get("command", "run")
+    return page(f"{command}: {folder.name}", f"Run folder {folder.resolve()}", sections)
+
+
+def metrics_section(metrics):
+    """Every metric of metrics.json: val and test at threshold 0.5 and at the threshold tuned on val."""
+    columns = [(split, metrics[split]) for split in ("val", "test") if split in metrics]
+    columns += [(f"{split} (tuned)", values["tuned"]) for split, values in columns if "tuned" in values]
+    names = [key for key, value in columns[0][1].items() if _is_number(value)] if columns else []
+    rows = [[name, *(_with_interval(values, name) for _, values in columns)] for name in names]
+    threshold = metrics.get("test", {}).get("tuned", {}).get("threshold")
+    note = paragraph(f"Top-level metrics use threshold 0.5; the tuned columns use {fmt(threshold)}, "
+                     "tuned on validation only (optimistic on val itself, honest on test). Intervals, when shown, "
+                     "are 95% bootstrap intervals.", note=True)
+    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note)
+
+
+def _is_number(value):
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _with_interval(values, name):
+    interval = (values.get("ci95") or {}).get(name)
+    shown = fmt(values.get(name))
+    return f"{shown} [{fmt(interval[0], 2)}, {fmt(interval[1], 2)}]" if interval else shown
+
+
+def data_section(config, folder):
+    parts = []
+    cache = config.get("cache")
+    manifest = _manifest(cache.get("dir")) if cache else None
+    if manifest:
+        parts.append(paragraph(f"Cache {cache['dir']} (fingerprint {str(manifest.get('fingerprint'))[:12]})"))
+        parts.append(_split_table(manifest["splits"]))
+        parts.append(_encoders_table(manifest))
+    elif cache:
+        parts.append(paragraph(f"Cache {cache.get('dir')}: not found from here; rows used per split: "
+                               f"{cache.get('rows')}", note=True))
+    if "data" in config:  # finetune-e2e reads the split files itself
+        data = config["data"]
+        parts.append(table(["setting", "value"], [[k, data.get(k)] for k in (
+            "data_dir", "image_root", "text_model", "clip_model", "clip_lora", "pooling", "max_length")]))
+    skipped = folder / "skipped.tsv"
+    if skipped.is_file():
+        reasons = pd.read_csv(skipped, sep="\t", dtype=str, keep_default_na=False)
+        counts = reasons.groupby(["split", "reason"]).size().reset_index(name="rows").values.tolist()
+        parts.append(Raw("<h3>Skipped rows</h3>" + table(["split", "reason", "rows"], counts, text_columns=2)))
+    return Raw("".join(parts))
+
+
+def _manifest(cache_dir):
+    try:
+        return read_json(Path(cache_dir) / "manifest.json")
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _split_table(splits):
+    extra = sorted({key for info in splits.values() for key, value in info.items()
+                    if isinstance(value, int) and key not in SPLIT_COUNTS})
+    header = ["split", *SPLIT_COUNTS, "fake", "real", "skipped by reason", *extra]
+    rows = []
+    for name, info in splits.items():
+        classes = info.get("class_counts", {})
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(info.get("skipped_by_reason", {}).items())) or "-"
+        rows.append([name, *(info.get(k) for k in SPLIT_COUNTS), classes.get("fake"), classes.get("real"),
+                     reasons, *(info.get(k) for k in extra)])
+    return table(header, rows)
+
+
+def _encoders_table(manifest):
+    embed = (manifest.get("config") or {}).get("embed", {})
+    inputs = manifest.get("inputs", {})
+    rows = [[name, embed.get(name), str(inputs.get(name))[:16]] for name in ("text_model", "clip_model", "clip_lora")]
+    rows += [["text settings", json.dumps(inputs.get("text")), ""],
+             ["image settings", json.dumps(inputs.get("image")), ""]]
+    return Raw("<h3>Encoders</h3>" + table(["input", "as given", "content fingerprint"], rows, text_columns=3))
+
+
+def figures_section(folder, config):
+    best = (config.get("resolved") or {}).get("best_epoch")
+    intro = paragraph(f"Best epoch: {best}." if best else "")
+    images = "".join(image(folder / name, alt) for name, alt in FIGURES)
+    return Raw(f'{intro}<div class="figures">{images}</div>')
+
+
+def doctor_section(config):
+    cache_dir = (config.get("cache") or {}).get("dir")
+    path = Path(cache_dir) / "doctor" / "doctor.json" if cache_dir else None
+    if not path or not path.is_file():
+        return None
+    try:
+        findings = read_json(path)
+    except ValueError:
+        return paragraph(f"{path}: not readable", note=True)
+    rows = [[key, json.dumps(value) if isinstance(value, (dict, list)) else value] for key, value in findings.items()]
+    return Raw(paragraph(f"From {path}") + table(["finding", "value"], rows, text_columns=2))
+
+
+def worst_errors_section(folder, data):
+    path = folder / "predictions_test.csv"
+    if not path.is_file():
+        return paragraph("No predictions_test.csv in the run folder.", note=True)
+    predictions = pd.read_csv(path, dtype={"id": str})
+    intro = paragraph("The test rows predicted wrong (threshold 0.5) with the highest confidence.", note=True)
+    return Raw(intro + error_cards(predictions, data))
