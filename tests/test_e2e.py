@@ -182,6 +182,19 @@ def test_bad_flags_exit_2(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
     assert "--train-image 'partial': not a valid choice; use one of: lora, frozen, full" in capsys.readouterr().err
     assert main(base + ["--resume"]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    assert main(base + ["--lr-head", "1e30"]) == 2
+    assert "--lr-head 1e+30: needs to be a finite number at least 0 below 10" in capsys.readouterr().err
+
+
+def test_out_holding_other_files_is_refused_and_left_alone(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "notes.txt").write_text("my notes")
+    (out / "checkpoints" / "keep.bin").write_bytes(b"mine")
+    args = ["finetune-e2e", *model_flags(tiny_bert, tiny_clip, dataset), "--out", str(out)]
+    assert main(args) == 2
+    assert "not empty and not a finetune-e2e run folder" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "checkpoints" / "keep.bin").read_bytes() == b"mine"
 
 
 def test_init_head_starts_from_a_stage_two_head(tiny_bert, tiny_clip, dataset, tmp_path):

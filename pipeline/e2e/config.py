@@ -38,6 +38,8 @@ class FinetuneConfig:
     grad_checkpointing: bool = help_field("recompute activations in the backward pass to save memory", default=False)
     init_head: str = help_field("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
     resume: bool = help_field("continue from the last checkpoint in OUT/checkpoints", default=False)
+    overwrite: bool = help_field("write into a non-empty --out that is not a finetune-e2e run folder "
+                                 "(same-named files are replaced, others left)", default=False)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**TRAIN_DEFAULTS))
 
@@ -45,6 +47,6 @@ class FinetuneConfig:
         validate(
             one_of(self, "train_text", TEXT_MODES), one_of(self, "train_image", IMAGE_MODES),
             *(whole(self, name, 1) for name in ("lora_rank", "eval_batch_size", "grad_accum")),
-            number(self, "lora_train_alpha", above=0), number(self, "lr_encoder", at_least=0),
-            number(self, "lr_head", at_least=0),
+            number(self, "lora_train_alpha", above=0), number(self, "lr_encoder", at_least=0, below=10),
+            number(self, "lr_head", at_least=0, below=10),
         )

@@ -7,6 +7,7 @@ export/ (see pipeline.export).
 
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from pipeline.model.head import FusionHead, check_dims, load_head
 from pipeline.model.text_encoder import load_tokenizer
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import score_probabilities, shown
-from pipeline.train.run_folder import FitResult, HeadRun, write_run
+from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
 
 
 def run_finetune(data, config, log=print):
@@ -41,6 +42,8 @@ def run_finetune(data, config, log=print):
     out = Path(config.out)
     if int(os.environ.get("RANK", "0")) != 0:
         log = lambda *_: None  # noqa: E731 - one rank speaks
+    else:  # before any work: never write among files we did not write
+        claim_out(out, config.overwrite or _only_checkpoints(out), "finetune-e2e")
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
@@ -140,13 +143,20 @@ def _training_arguments(config, data, out, device):
     )
 
 
+def _only_checkpoints(out):
+    """A run folder that a killed run left with nothing but the Trainer's checkpoints is ours to continue."""
+    return out.is_dir() and [p.name for p in out.iterdir()] == ["checkpoints"]
+
+
 def _tidy_checkpoints(folder, resume, log):
-    """With --resume, drop checkpoints cut short by a kill; without it, start afresh."""
+    """With --resume, drop checkpoints cut short by a kill; without it, start afresh. Only the Trainer's
+    own checkpoint-N folders are removed, never anything else in the folder."""
     checkpoints = _checkpoints(folder)
     if not resume:
         if checkpoints:
             log(f"{folder}: starting afresh and removing old checkpoints (pass --resume to continue them)")
-            shutil.rmtree(folder)
+            for checkpoint in checkpoints:
+                shutil.rmtree(checkpoint)
         return
     for checkpoint in checkpoints:
         if _is_complete(checkpoint):
@@ -161,7 +171,9 @@ def _checkpoints(folder):
     """Checkpoint folders, newest first."""
     if not folder.is_dir():
         return []
-    return sorted(folder.glob("checkpoint-*"), key=lambda path: -int(path.name.split("-")[-1]))
+    found = [path for path in folder.glob("checkpoint-*")
+             if re.fullmatch(r"checkpoint-\d+", path.name) and path.is_dir() and not path.is_symlink()]
+    return sorted(found, key=lambda path: -int(path.name.split("-")[-1]))
 
 
 def _newest_checkpoint(folder):
