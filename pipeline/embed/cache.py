@@ -57,11 +57,13 @@ def part_path(cache_dir, split, index):
 
 
 def existing_parts(cache_dir, split):
-    """Indices of the complete parts of a split (temp files are not parts)."""
+    """Indices of the complete parts of a split (temp files are not parts, nor is a symlink at a part's
+    name: it is embedded again, and the new part replaces the link without writing through it)."""
     folder = Path(cache_dir) / split
     if not folder.is_dir():
         return set()
-    return {int(p.stem.split("-")[1]) for p in folder.iterdir() if PART_NAME.match(p.name)}
+    return {int(p.stem.split("-")[1]) for p in folder.iterdir()
+            if PART_NAME.match(p.name) and not p.is_symlink() and p.is_file()}
 
 
 def _embedding_array(matrix, dtype):
