@@ -171,7 +171,8 @@ def test_page_renders_in_chromium_with_every_image_loaded(runs, kind, tmp_path):
     check = json.loads(unescape(found.group(1)))
     assert check["images"] > 0 and check["loaded"] == check["images"] and check["metric_rows"] > 0, check
     shot = tmp_path / "shot.png"
-    subprocess.run([*chromium(), f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+    subprocess.run([*chromium(), "--virtual-time-budget=10000", f"--screenshot={shot}", "--window-size=1200,1600",
+                    page.as_uri()],
                    capture_output=True, timeout=180, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
