@@ -45,8 +45,15 @@ class CachedSplit:
 
     ids: np.ndarray  # (N,) object (str)
     labels: np.ndarray  # (N,) int64; -1 in an unlabelled split
-    text_emb: np.ndarray  # (N, Dt) float32
-    image_emb: np.ndarray  # (N, Di) float32
+    text_emb: np.ndarray  # (N, Dt) float32; zeros where has_text is False
+    image_emb: np.ndarray  # (N, Di) float32; zeros where has_image is False
+    has_text: np.ndarray = None  # (N,) bool; None (all True) for splits built in memory without it
+    has_image: np.ndarray = None  # (N,) bool
+
+    def __post_init__(self):
+        for name in ("has_text", "has_image"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(len(self.ids), dtype=bool))
 
     def __len__(self):
         return len(self.ids)

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.model.checkpoint import apply_clip_checkpoint
 from pipeline.model.image_encoder import load_image_encoder
-from pipeline.model.text_encoder import TextEncoder, load_text_model
+from pipeline.model.text_encoder import TextEncoder, load_text_model, resolve_pooling
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -42,8 +42,9 @@ class MultimodalBertClipClassifier(nn.Module):
 
 def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
                    pooling="cls", clip_embedding="projected"):
-    """Load both encoders from folders (and merge an optional CLIP checkpoint)."""
-    text_encoder = TextEncoder(load_text_model(text_model), pooling)
+    """Load both encoders from folders (and merge an optional CLIP checkpoint); `pooling` may be `auto`."""
+    pooling, _ = resolve_pooling(text_model, pooling)
+    text_encoder = TextEncoder(load_text_model(text_model, pooling), pooling)
     image_encoder = load_image_encoder(clip_model, clip_embedding)
     lora_summary = None
     if clip_lora:

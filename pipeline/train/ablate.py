@@ -51,8 +51,13 @@ def _row(modalities, fusion, seed, run):
             for key, value in values.items():
                 if key == "confusion_matrix":
                     value = json.dumps(value)
-                if key != "tuned":
+                if key not in ("tuned", "by_presence"):
                     row[f"{prefix}_{key}"] = value
+        # by_presence as columns: <split>_<group>_<metric> at 0.5, e.g. test_text_only_f1_macro
+        for group, values in metrics.get("by_presence", {}).items():
+            for key, value in values.items():
+                if key not in ("tuned", "confusion_matrix", "threshold"):
+                    row[f"{split}_{group}_{key}"] = value
     return row
 
 
