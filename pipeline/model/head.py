@@ -97,9 +97,10 @@ class FusionHead(nn.Module):
 
 def drop_modalities(features, probability, generator=None):
     """Modality dropout for training: each row that has both modalities loses one of them (text or image,
-    evenly) with `probability`, by clearing its `has_*` mask; the vectors are left as they are."""
-    text, image = features["text_emb"], features["image_emb"]
-    rows, device = text.shape[0], text.device
+    evenly) with `probability`, by clearing its `has_*` mask; the vectors are left as they are. `features`
+    needs `has_text` or `text_emb` (for the row count); other keys (e.g. a batch's input_ids) pass through."""
+    reference = features["has_text"] if "has_text" in features else features["text_emb"]
+    rows, device = reference.shape[0], reference.device
     has_text = features.get("has_text", torch.ones(rows, dtype=torch.bool, device=device)).to(torch.bool)
     has_image = features.get("has_image", torch.ones(rows, dtype=torch.bool, device=device)).to(torch.bool)
     if probability <= 0:
