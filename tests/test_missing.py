@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.data.images import ImageSettings
+from pipeline.data.splits import read_split
 from pipeline.e2e.data import MultimodalDataCollator, scan_rows
 from pipeline.embed import cache
 from pipeline.errors import UserError
@@ -24,7 +25,6 @@ from pipeline.model.batch import tokenize_titles
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, drop_modalities, load_head, save_head
 from pipeline.model.text_encoder import load_tokenizer
-from pipeline.data.splits import read_split
 from pipeline.train.fit import train_head
 from tests.helpers import small_head, small_splits, small_train
 

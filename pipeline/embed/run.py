@@ -93,7 +93,8 @@ def run_embed(config, group=Group(), log=print):
         if group.is_main:
             manifest = cache.finalize(
                 target, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
-                dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders, requested),
+                dims=model.dims,
+                config=_manifest_config(config, lora_summary, device, timings, placeholders, requested),
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
                                     "non_utf8_rows": rows.non_utf8_rows, "labelled": rows.labelled}
                              for name, rows in splits.items()},
