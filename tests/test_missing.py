@@ -175,3 +175,19 @@ def test_fusion_head_scores_half_posts_as_well_as_a_one_modality_head(missing):
         both_diffs.append(accuracy(fused, both) - accuracy(plain, both))
     assert np.mean(half_diffs) > -MARGIN, half_diffs
     assert np.mean(both_diffs) > -MARGIN, both_diffs
+
+
+def test_ablate_shows_presence_columns(tmp_path, capsys):
+    from pipeline.embed.cache import write_cache
+
+    write_cache(tmp_path / "cache", small_splits("both", rows=1500, missing_image=0.3))
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--modalities", "text,image",
+                 "--fusions", "concat", "--seeds", "0", "--proj-dim", "16", "--hidden-dim", "16", "--device",
+                 "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "test f1_macro text_only" in printed
+    columns = (out / "ablation.csv").read_text().splitlines()[0].split(",")
+    assert {"test_text_only_f1_macro", "test_text_only_rows", "val_both_accuracy"} <= set(columns)
+    manifest = cache.read_manifest(tmp_path / "cache")
+    assert manifest["splits"]["test"]["rows_text_only"] == 150 - manifest["splits"]["test"]["rows_both"]

@@ -41,7 +41,7 @@ class TrainConfig:
                                     "balanced = n / (classes * count) on train", default="balanced")
     modality_dropout: float = help_field(
         "share of training rows with both modalities that lose one of them (text or image, evenly) in each epoch, "
-        "so a two-modality head learns to score posts with a missing image or title; 0 disables", default=0.3)
+        "so a two-modality head learns to score posts with a missing image or title; 0 disables", default=0.5)
     seed: int = help_field("seed for initialisation, dropout and batch order", default=0)
     device: str = help_field("auto (cuda if available), cpu, cuda or cuda:N", default="auto")
     threads: int = help_field("torch CPU threads; 0 leaves torch's default (one per core). On a machine busy "
