@@ -30,6 +30,7 @@ def test_stage_one_end_to_end_and_bench_prepare_equal_tensors(tiny_bert, tiny_cl
     e2e_rows = E2ERows(rows, picked, dataset, settings)
     e2e = MultimodalDataCollator(tokenizer, settings, MAX_LENGTH)([e2e_rows[i] for i in range(len(picked))])
     assert e2e.pop("labels").tolist() == rows.labels[picked].tolist()
+    assert e2e.pop("has_text").all() and e2e.pop("has_image").all()  # whole posts: both halves there
 
     # The benchmark's forward-only pass tokenises the same way.
     bench = {**tokenize_titles(tokenizer, [rows.texts[r] for r in picked], MAX_LENGTH),

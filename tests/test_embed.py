@@ -158,9 +158,9 @@ def test_image_pattern_when_there_is_no_path_column(embed_args, dataset, tmp_pat
 
 
 def test_flag_errors_exit_2_without_traceback(embed_args, capsys):
-    assert main(embed_args + ["--pooling", "max"]) == 2
+    assert main(embed_args + ["--pooling", "sum"]) == 2
     err = capsys.readouterr().err
-    assert "--pooling 'max': not a valid choice; use one of: cls, mean" in err
+    assert "--pooling 'sum': not a valid choice; use one of: auto, cls, mean, max, pooler" in err
     assert main(with_flag(embed_args, "--text-model", "/no/such/folder")) == 2
     assert "--text-model /no/such/folder: no such folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:

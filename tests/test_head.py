@@ -17,6 +17,8 @@ def test_each_fusion_kind_gives_two_logits_and_learns(fusion):
     head = FusionHead(small_head(fusion=fusion))
     batch = features(8)
     assert head(batch).shape == (8, 2)
+    # one row without its image and one without its title: the missing vectors are on the path too
+    batch.update(has_text=torch.arange(8) != 1, has_image=torch.arange(8) != 2)
     head(batch).sum().backward()  # every parameter is on the gradient path
     assert all(p.grad is not None for p in head.parameters())
 

@@ -43,7 +43,7 @@ def pause():
 if point == "batch":  # in the 5th forward pass: two parts written, the third half-computed
     from pipeline.model.classifier import MultimodalBertClipClassifier as Model
 
-    encode, calls = Model.encode, []
+    encode, calls = Model.encode_image, []  # stage one encodes each batch's images once
 
     def paused_encode(self, batch):
         calls.append(1)
@@ -51,7 +51,7 @@ if point == "batch":  # in the 5th forward pass: two parts written, the third ha
             pause()
         return encode(self, batch)
 
-    Model.encode = paused_encode
+    Model.encode_image = paused_encode
 elif point == "part":  # half of the third part's bytes are on disk (under the temp name)
     import pyarrow as pa
     import pyarrow.parquet as pq

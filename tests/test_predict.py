@@ -116,7 +116,8 @@ def test_bad_rows_keep_their_place_with_a_status(head_run, tmp_path):
         {"id": "ok3", "clean_title": "the dog", "local_image_path": "images/tr0003.jpg"},
     ])
     out = tmp_path / "bad.csv"
-    assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data)) == 0
+    skip = ["--on-bad-image", "skip", "--on-empty-title", "skip"]
+    assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data, *skip)) == 0
     got = read_results(out)
     assert list(got["id"]) == ["ok1", "gone", "blank", "text", "ok2", "ok3"]
     assert list(got["status"]) == ["ok", "missing_file", "empty_title", "not_an_image", "ok", "ok"]
@@ -125,6 +126,11 @@ def test_bad_rows_keep_their_place_with_a_status(head_run, tmp_path):
     lines = out.read_text().splitlines()
     assert lines[2] == "gone,,,,missing_file"  # empty probability, prediction and name
     assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data, "--on-bad-image", "fail")) == 2
+    # by default the head's missing vectors score the half-posts
+    assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data)) == 0
+    got = read_results(out)
+    assert list(got["status"]) == ["ok", "ok_text_only", "ok_image_only", "ok_text_only", "ok", "ok"]
+    assert not got["prob_real"].isna().any()
 
 
 def other_clip(folder, tiny_clip):

@@ -317,7 +317,7 @@ def head_vs_e2e_epoch(cache_dir, data):
 
     settings = ImageSettings.from_model_folder(data.clip_model)
     rows = read_split(data.data_dir, "train")
-    keep, _ = scan_rows(rows, data.resolved_image_root, settings, workers=0)
+    keep, _, _ = scan_rows(rows, data.resolved_image_root, settings, workers=0)
     model, _ = build_model(data, FinetuneConfig())
     model.train()
     collate = MultimodalDataCollator(load_tokenizer(data.text_model), settings, data.max_length)

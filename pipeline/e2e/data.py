@@ -1,8 +1,11 @@
 """Rows for end-to-end fine-tuning: the same images and titles stage one sees, batched for the Trainer.
 
-Bad images follow stage one's policy, but are found before training starts (a
-Trainer cannot drop rows mid-epoch without skewing the loss and the evaluation
-set), so every epoch and every evaluation sees exactly the same rows.
+Bad images and empty titles follow stage one's policies, but are found before
+training starts (a Trainer cannot drop rows mid-epoch without skewing the loss
+and the evaluation set), so every epoch and every evaluation sees exactly the
+same rows. A half-post kept by `--on-bad-image text-only` or `--on-empty-title
+image-only` gets a stand-in (black pixels, an empty title) and a presence mask
+(`has_text`, `has_image`): the head puts its missing vector there.
 """
 
 from concurrent.futures import ProcessPoolExecutor
@@ -17,34 +20,40 @@ from pipeline.model.batch import prepare_batch
 
 
 class E2ERows(Dataset):
-    """Good rows of one split: index -> {"text", "pixels" (S, S, 3) uint8, "labels", "row"}."""
+    """Kept rows of one split: index -> {"text", "pixels" (S, S, 3) uint8 or None, "labels", "row"}."""
 
-    def __init__(self, rows, keep, image_root, settings):
+    def __init__(self, rows, keep, image_root, settings, no_image=()):
         self.rows = rows
-        self.keep = keep  # input row indices that passed the image and title checks
+        self.keep = keep  # input row indices that passed the image and title checks (or are kept as halves)
         self.image_root = image_root
         self.settings = settings
+        self.no_image = set(no_image)  # kept rows whose image is not used (text-only)
 
     def __len__(self):
         return len(self.keep)
 
     def __getitem__(self, index):
         row = self.keep[index]
-        pixels = load_image(self.image_root, self.rows.image_paths[row], self.settings)
+        pixels = None if row in self.no_image else load_image(self.image_root, self.rows.image_paths[row],
+                                                                  self.settings)
         return {"text": self.rows.texts[row], "pixels": pixels, "labels": int(self.rows.labels[row]), "row": row}
 
 
 @dataclass
 class MultimodalDataCollator:
-    """The Trainer's collator: stage one's batch preparation (`prepare_batch`) plus the labels."""
+    """The Trainer's collator: stage one's batch preparation (`prepare_batch`), presence masks and the labels."""
 
     tokenizer: object
     settings: object
     max_length: int = 128
 
     def __call__(self, features):
-        pixels = torch.from_numpy(np.stack([f["pixels"] for f in features]))  # (B, S, S, 3) uint8
+        size = self.settings.size
+        blank = np.zeros((size, size, 3), np.uint8)  # a missing image's stand-in; the head never sees its vector
+        pixels = torch.from_numpy(np.stack([blank if f["pixels"] is None else f["pixels"] for f in features]))
         batch = prepare_batch(self.tokenizer, [f["text"] for f in features], pixels, self.max_length, self.settings)
+        batch["has_text"] = torch.tensor([bool(f["text"]) for f in features])
+        batch["has_image"] = torch.tensor([f["pixels"] is not None for f in features])
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         return batch
 
@@ -58,20 +67,32 @@ def _check_image(args):
         return error.reason
 
 
-def scan_rows(rows, image_root, settings, workers):
-    """(rows to keep, [(row, reason)] to skip): empty titles and images that do not load."""
+def scan_rows(rows, image_root, settings, workers, text_only=False, image_only=False):
+    """(rows to keep, [(row, reason)] to skip, {row: (missing half, reason)} of the kept half-posts).
+
+    A row whose image does not load is kept text-only with `text_only`; one with an empty title is kept
+    image-only with `image_only`; a row with neither is skipped."""
     jobs = [(image_root, path, settings) for path in rows.image_paths]
     if workers > 0:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             reasons = list(pool.map(_check_image, jobs, chunksize=64))
     else:
         reasons = [_check_image(job) for job in jobs]
-    keep, skipped = [], []
+    keep, skipped, halves = [], [], {}
     for row, reason in enumerate(reasons):
-        if not rows.texts[row]:
-            reason = "empty_title"
-        if reason is None:
+        if not rows.texts[row] and reason is not None:
+            skipped.append((row, f"empty_title_and_{reason}" if image_only else "empty_title"))
+        elif not rows.texts[row]:
+            if image_only:
+                keep.append(row)
+                halves[row] = ("text", "empty_title")
+            else:
+                skipped.append((row, "empty_title"))
+        elif reason is None:
             keep.append(row)
+        elif text_only:
+            keep.append(row)
+            halves[row] = ("image", reason)
         else:
             skipped.append((row, reason))
-    return keep, skipped
+    return keep, skipped, halves

@@ -37,7 +37,8 @@ def export_model(model, tokenizer, out, clip_model_folder, lora_was_given):
     if preprocessor.is_file():  # stage one reads image size, mean and std from it
         shutil.copy(preprocessor, out / "clip_model" / preprocessor.name)
     save_head(out / "head", model.head)
-    _write_embed_line(out, clip_model_folder, isinstance(vision, PeftModel) and not lora_was_given)
+    _write_embed_line(out, clip_model_folder, isinstance(vision, PeftModel) and not lora_was_given,
+                      model.text_encoder.pooling)
     return out
 
 
@@ -63,9 +64,12 @@ def _export_clip(image_encoder, folder):
     clip.save_pretrained(folder)
 
 
-def _write_embed_line(out, clip_model_folder, adapter_fits_base):
+def _write_embed_line(out, clip_model_folder, adapter_fits_base, pooling):
     if adapter_fits_base:
         clip = f"CLIP_MODEL={clip_model_folder} CLIP_LORA={out / 'clip_lora'}"
     else:
         clip = f"CLIP_MODEL={out / 'clip_model'} CLIP_LORA="  # base already held another checkpoint
-    (out / "embed.sh").write_text(f"make embed TEXT_MODEL={out / 'text_model'} {clip} \"$@\"\n")
+    # The exported text folder is a plain save_pretrained: `--pooling auto` could not tell what it was trained
+    # with, so the line names the pooling it was fine-tuned through.
+    (out / "embed.sh").write_text(f"make embed TEXT_MODEL={out / 'text_model'} {clip} "
+                                  f"EMBED_FLAGS='--pooling {pooling}' \"$@\"\n")

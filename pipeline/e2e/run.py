@@ -27,9 +27,9 @@ from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.text_encoder import load_tokenizer
+from pipeline.model.text_encoder import load_tokenizer, resolve_pooling
 from pipeline.train.losses import class_weights, weighted_cross_entropy
-from pipeline.train.metrics import score_probabilities, shown
+from pipeline.train.metrics import presence_groups, score_probabilities, shown
 from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
 
 
@@ -58,6 +58,7 @@ def run_finetune(data, config, log=print):
         compute_metrics=metrics_from_logits,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.train.patience)],
         class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
+        modality_dropout=config.train.modality_dropout if len(model.head.config.modalities) == 2 else 0.0,
     )
     if trainer.is_world_process_zero():
         _tidy_checkpoints(out / "checkpoints", config.resume, log)
@@ -85,7 +86,8 @@ def _exported_encoders(out, data, settings, dims):
         return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
 
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
-            "lora_alpha": None, "pooling": data.pooling, "max_length": data.max_length,
+            "lora_alpha": None, "pooling": resolve_pooling(data.text_model, data.pooling)[0],
+            "max_length": data.max_length,
             "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": dims}
 
 
@@ -97,15 +99,21 @@ def _load_rows(data, settings, log):
         if not rows.labelled:
             raise UserError(f"{rows.path}: no 2_way_label column, so split {name!r} is unlabelled; fine-tuning "
                             "needs labelled train, val and test files (unlabelled posts are for `predict`)")
-        keep, bad = scan_rows(rows, image_root, settings, decode_workers(data.num_workers, resolve_device(data.device)))
-        bad_images = [(row, why) for row, why in bad if why != "empty_title"]  # empty titles always skip
+        keep, bad, halves = scan_rows(rows, image_root, settings,
+                                      decode_workers(data.num_workers, resolve_device(data.device)),
+                                      text_only=data.on_bad_image == "text-only",
+                                      image_only=data.on_empty_title == "image-only")
+        bad_images = [(row, why) for row, why in bad if why != "empty_title"]  # an empty title alone skips
+        bad_images += [(row, why) for row, (half, why) in halves.items() if half == "image"]
         if bad_images and data.on_bad_image == "fail":
             row, reason = bad_images[0]
             raise UserError(f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
                             f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip")
         skipped += [(name, rows.ids[row], reason) for row, reason in bad]
-        log(f"{name}: {len(rows)} rows read, {len(keep)} used, {len(bad)} skipped")
-        splits[name], datasets[name] = rows, E2ERows(rows, keep, image_root, settings)
+        text_only = [row for row, (half, _) in halves.items() if half == "image"]
+        log(f"{name}: {len(rows)} rows read, {len(keep)} used ({len(text_only)} text-only, "
+            f"{len(halves) - len(text_only)} image-only), {len(bad)} skipped")
+        splits[name], datasets[name] = rows, E2ERows(rows, keep, image_root, settings, no_image=text_only)
     return splits, datasets, skipped
 
 
@@ -204,7 +212,11 @@ def _evaluate(trainer, splits, datasets, weights):
         labels[name] = target.numpy()
         ids[name] = np.asarray(splits[name].ids, dtype=object)[datasets[name].keep]
     history, best_epoch = _history(trainer.state)
-    metrics, predictions = score_probabilities(ids, labels, probs, losses)
+    groups = {name: presence_groups([bool(splits[name].texts[row]) for row in datasets[name].keep],
+                                    [row not in datasets[name].no_image for row in datasets[name].keep])
+              for name in ("val", "test")}
+    metrics, predictions = score_probabilities(ids, labels, probs, losses, groups=groups,
+                                               class_weights=weights.tolist())
     fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
     return HeadRun(head=trainer.model.head, fit=fit, metrics=metrics, predictions=predictions,
                    class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None)

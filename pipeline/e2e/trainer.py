@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer
 
+from pipeline.model.head import drop_modalities
 from pipeline.train.losses import weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics
 
@@ -19,14 +20,17 @@ class MultimodalTrainer(Trainer):
     """A Trainer whose loss is the class-weighted cross-entropy of stage two and whose
     optimizer gives the encoders and the head their own learning rates."""
 
-    def __init__(self, *args, class_weights=None, lr_encoder=2e-5, lr_head=1e-3, **kwargs):
+    def __init__(self, *args, class_weights=None, lr_encoder=2e-5, lr_head=1e-3, modality_dropout=0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
+        self.modality_dropout = modality_dropout  # stage two's: only while training, only for a two-modality head
         self.lr_encoder = lr_encoder
         self.lr_head = lr_head
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
+        if model.training and self.modality_dropout and "has_text" in inputs:
+            inputs = drop_modalities(inputs, self.modality_dropout)
         logits = model(**inputs)  # (B, 2)
         loss = weighted_cross_entropy(logits, labels, self.class_weights)
         return (loss, {"logits": logits}) if return_outputs else loss

@@ -6,10 +6,13 @@ Layout::
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
+    <cache>/partial.tsv                  rows kept with one modality: split, id, missing (image/text), reason
 
 A part covers a fixed range of input rows and carries the rows of that range it
 skipped in its own metadata, so a part on disk is a complete, self-describing
-unit: resuming means skipping the parts that exist. Parts are written to a temp
+unit: resuming means skipping the parts that exist. A part's `has_text` and
+`has_image` columns say which halves of each row are there; a missing half is a
+null vector (read back as zeros, with the mask). Parts are written to a temp
 file and renamed, so a crash never leaves half a part under the real name; a
 write that fails (disk full) removes its temp file and raises `UserError`.
 """
@@ -29,12 +32,14 @@ from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: has_text/has_image columns, null vectors for a missing half, partial.tsv
 MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
+PARTIAL_NAME = "partial.tsv"
 EMBEDDING_COLUMNS = ("text_emb", "image_emb")
 _SKIPPED_KEY = b"pipeline.skipped"
+_PARTIAL_KEY = b"pipeline.partial"  # [{"id", "row", "missing", "reason"}] of the part's half-posts
 _COUNTS_KEY = b"pipeline.counts"  # per-part tallies (e.g. truncated_titles) that finalize sums per split
 _DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
@@ -45,8 +50,15 @@ class CachedSplit:
 
     ids: np.ndarray  # (N,) object (str)
     labels: np.ndarray  # (N,) int64; -1 in an unlabelled split
-    text_emb: np.ndarray  # (N, Dt) float32
-    image_emb: np.ndarray  # (N, Di) float32
+    text_emb: np.ndarray  # (N, Dt) float32; zeros where has_text is False
+    image_emb: np.ndarray  # (N, Di) float32; zeros where has_image is False
+    has_text: np.ndarray = None  # (N,) bool; None (all True) for splits built in memory without it
+    has_image: np.ndarray = None  # (N,) bool
+
+    def __post_init__(self):
+        for name in ("has_text", "has_image"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.ones(len(self.ids), dtype=bool))
 
     def __len__(self):
         return len(self.ids)
@@ -66,27 +78,36 @@ def existing_parts(cache_dir, split):
             if PART_NAME.match(p.name) and not p.is_symlink() and p.is_file()}
 
 
-def _embedding_array(matrix, dtype):
+def _embedding_array(matrix, dtype, present):
+    """(N, D) matrix -> fixed-size lists, null where `present` is False (those rows' values are ignored)."""
     matrix = np.ascontiguousarray(matrix, dtype=np.dtype(dtype))
     values = pa.array(matrix.reshape(-1), type=_DTYPES[dtype])
-    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
 
 
-def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None):
+def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None,
+               has_text=None, has_image=None, partial=None):
     """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
 
-    `labels` None (an unlabelled split) writes a label column of nulls.
+    `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
+    all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
     """
     ids = list(ids)
+    has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
+    has_image = np.ones(len(ids), bool) if has_image is None else np.asarray(has_image, dtype=bool)
     table = pa.table({
         "id": pa.array(ids, type=pa.string()),
         "label": pa.nulls(len(ids), pa.int8()) if labels is None
         else pa.array(np.asarray(labels, dtype=np.int8), type=pa.int8()),
-        "text_emb": _embedding_array(text_emb, dtype),
-        "image_emb": _embedding_array(image_emb, dtype),
+        "has_text": pa.array(has_text, type=pa.bool_()),
+        "has_image": pa.array(has_image, type=pa.bool_()),
+        "text_emb": _embedding_array(text_emb, dtype, has_text),
+        "image_emb": _embedding_array(image_emb, dtype, has_image),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
+        _PARTIAL_KEY: json.dumps(partial or []).encode(),
     })
     path = Path(path)
 
@@ -103,25 +124,43 @@ def remove_temp_files(cache_dir):
 
 
 def _read_part_notes(path):
-    """(labels, skipped list, counts dict) of a part, or a clear error for an unreadable part."""
+    """(labels, skipped list, counts dict, partial list) of a part, or a clear error for an unreadable part."""
     try:
         notes = pq.read_schema(path).metadata or {}
         labels = pq.read_table(path, columns=["label"]).column("label")
-        return labels, json.loads(notes.get(_SKIPPED_KEY, b"[]")), json.loads(notes.get(_COUNTS_KEY, b"{}"))
+        return (labels, json.loads(notes.get(_SKIPPED_KEY, b"[]")), json.loads(notes.get(_COUNTS_KEY, b"{}")),
+                json.loads(notes.get(_PARTIAL_KEY, b"[]")))
     except (OSError, ValueError, pa.ArrowException) as error:
         raise UserError(
             f"{path}: unreadable cache part ({error}); delete that file and rerun the same command to embed it again"
         ) from None
 
 
+@dataclass
+class PartRows:
+    """One part read back, in input-row order."""
+
+    ids: list
+    text_emb: np.ndarray  # (N, Dt) float32, zeros where has_text is False
+    image_emb: np.ndarray  # (N, Di)
+    has_text: np.ndarray  # (N,) bool
+    has_image: np.ndarray  # (N,) bool
+    skipped: list  # {"id", "row", "reason"} of the part's rows that were not embedded
+    partial: list  # {"id", "row", "missing", "reason"} of its half-posts
+
+
 def read_part_rows(path):
-    """(ids, text_emb, image_emb, skipped) of one part, in input-row order; `skipped` lists
-    {"id", "row", "reason"} for the part's rows that were not embedded."""
+    """One part as `PartRows`."""
     table = _read_part(path)
-    skipped = json.loads((table.schema.metadata or {}).get(_SKIPPED_KEY, b"[]"))
+    notes = table.schema.metadata or {}
     dims = [table.schema.field(name).type.list_size for name in EMBEDDING_COLUMNS]
-    return (table.column("id").to_pylist(), _matrix(table.column("text_emb"), dims[0], path, "text_emb"),
-            _matrix(table.column("image_emb"), dims[1], path, "image_emb"), skipped)
+    return PartRows(ids=table.column("id").to_pylist(),
+                    text_emb=_matrix(table.column("text_emb"), dims[0], path, "text_emb"),
+                    image_emb=_matrix(table.column("image_emb"), dims[1], path, "image_emb"),
+                    has_text=table.column("has_text").to_numpy(zero_copy_only=False).astype(bool),
+                    has_image=table.column("has_image").to_numpy(zero_copy_only=False).astype(bool),
+                    skipped=json.loads(notes.get(_SKIPPED_KEY, b"[]")),
+                    partial=json.loads(notes.get(_PARTIAL_KEY, b"[]")))
 
 
 def missing_parts(cache_dir, manifest):
@@ -200,7 +239,7 @@ def _check_fits_in_memory(path, rows, width):
 
 
 def load_split(cache_dir, split, verify=True):
-    """Load one split of a complete cache as float32 NumPy arrays.
+    """Load one split of a complete cache as float32 NumPy arrays, with its presence masks.
 
     Parts are read one at a time into preallocated arrays, so peak memory is the
     split's float32 size plus one part, whatever the number of parts.
@@ -219,6 +258,7 @@ def load_split(cache_dir, split, verify=True):
     labels = np.empty(rows, dtype=np.int64)
     text = np.empty((rows, dims["text"]), dtype=np.float32)
     image = np.empty((rows, dims["image"]), dtype=np.float32)
+    has_text, has_image = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -232,6 +272,8 @@ def load_split(cache_dir, split, verify=True):
             raise UserError(f"{path}: more rows than the manifest records; re-embed the cache")
         ids[start:stop] = table.column("id").to_pylist()
         labels[start:stop] = table.column("label").fill_null(-1).to_numpy()
+        for name, target in (("has_text", has_text), ("has_image", has_image)):
+            target[start:stop] = table.column(name).to_numpy(zero_copy_only=False)
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -240,7 +282,7 @@ def load_split(cache_dir, split, verify=True):
     # Arrow's allocator keeps the freed part buffers for reuse; hand them back so that
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
-    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image)
+    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image)
 
 
 def _read_part(path):
@@ -251,14 +293,22 @@ def _read_part(path):
 
 
 def _matrix(column, dim, path, name):
-    """Fixed-size-list column -> (rows, dim) view of its values, without a Python loop."""
+    """Fixed-size-list column -> (rows, dim) float32 matrix without a Python loop; a null row (a missing half)
+    reads as zeros."""
     chunks = [chunk for chunk in column.chunks if len(chunk)]
     if not chunks:
         return np.empty((0, dim), dtype=np.float32)
     if chunks[0].type.list_size != dim:
         raise UserError(f"{path}: column {name} has width {chunks[0].type.list_size}, the manifest says {dim}")
-    values = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in chunks]
-    return np.concatenate(values).reshape(-1, dim)
+    matrices = []
+    for chunk in chunks:
+        # .values keeps the slots of null rows (flatten() would drop them and misalign the rows)
+        values = chunk.values.slice(chunk.offset * dim, len(chunk) * dim).to_numpy(zero_copy_only=False)
+        matrix = values.reshape(-1, dim).astype(np.float32, copy=chunk.null_count > 0)
+        if chunk.null_count:
+            matrix[chunk.is_null().to_numpy(zero_copy_only=False)] = 0
+        matrices.append(matrix)
+    return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
 def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None):
@@ -266,19 +316,24 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
 
     `splits` maps split name -> number of input rows read. Checks that every
     input row is accounted for: embedded in a part or listed as skipped.
+    Every kept row is counted once: `rows_read` = `rows_both` + `rows_text_only` +
+    `rows_image_only` + `rows_skipped` (`rows_embedded` is the kept rows, the
+    first three together); `missing_by_reason` counts the half-posts' reasons per
+    missing half, and partial.tsv lists them.
     Per split the manifest also has `class_counts` (embedded rows per class),
     `labelled` (false when the split file had no label column: labels are null),
     the parts' summed counts, and whatever `split_notes[split]` adds.
     """
     cache_dir = Path(cache_dir)
     classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
-    manifest_splits, skipped_rows = {}, []
+    manifest_splits, skipped_rows, partial_rows = {}, [], []
     for split, rows_read in splits.items():
         parts, embedded, reasons, counts, unlabelled = [], 0, {}, {}, 0
+        halves = {"text": {}, "image": {}}  # missing half -> reason -> rows
         class_counts = dict.fromkeys(classes.values(), 0)
         for index in sorted(existing_parts(cache_dir, split)):
             path = part_path(cache_dir, split, index)
-            labels, part_skipped, part_counts = _read_part_notes(path)
+            labels, part_skipped, part_counts, part_partial = _read_part_notes(path)
             parts.append({"file": path.name, "rows": len(labels), "sha256": file_sha256(path)})
             embedded += len(labels)
             unlabelled += labels.null_count
@@ -289,16 +344,24 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
             for row in part_skipped:
                 reasons[row["reason"]] = reasons.get(row["reason"], 0) + 1
                 skipped_rows.append((split, row["id"], row["reason"]))
+            for row in part_partial:
+                halves[row["missing"]][row["reason"]] = halves[row["missing"]].get(row["reason"], 0) + 1
+                partial_rows.append((split, row["id"], row["missing"], row["reason"]))
         skipped = sum(reasons.values())
-        if embedded + skipped != rows_read:
-            raise RuntimeError(f"{split}: {rows_read} rows read but {embedded} embedded + {skipped} skipped")
+        text_only, image_only = sum(halves["image"].values()), sum(halves["text"].values())
+        both = embedded - text_only - image_only
+        if both < 0 or both + text_only + image_only + skipped != rows_read:
+            raise RuntimeError(f"{split}: {rows_read} rows read but {both} with both + {text_only} text-only + "
+                               f"{image_only} image-only + {skipped} skipped")
         manifest_splits[split] = {
-            "rows_read": rows_read, "rows_embedded": embedded,
+            "rows_read": rows_read, "rows_embedded": embedded, "rows_both": both, "rows_text_only": text_only,
+            "rows_image_only": image_only, "missing_by_reason": {k: v for k, v in halves.items() if v},
             "rows_skipped": skipped, "skipped_by_reason": reasons, "parts": parts,
             "class_counts": class_counts, "labelled": unlabelled == 0, **counts,
             **(split_notes or {}).get(split, {}),
         }
     write_skipped(cache_dir / SKIPPED_NAME, skipped_rows)
+    write_partial(cache_dir / PARTIAL_NAME, partial_rows)
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
         "dims": dims, "classes": classes, "splits": manifest_splits,
@@ -314,6 +377,12 @@ def write_skipped(path, rows):
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
+def write_partial(path, rows):
+    """partial.tsv: one (split, id, missing, reason) line per row kept with one modality, under a header."""
+    lines = ["split\tid\tmissing\treason"] + ["\t".join(row) for row in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
 def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory"):
     """Write in-memory `CachedSplit`s as a complete cache (tests and benchmarks)."""
     dims = None
@@ -321,8 +390,12 @@ def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint=
         dims = {"text": data.text_emb.shape[1], "image": data.image_emb.shape[1]}
         for index, start in enumerate(range(0, len(data), part_rows)):
             rows = slice(start, start + part_rows)
+            partial = [{"id": str(data.ids[i]), "row": i, "missing": "image" if data.has_text[i] else "text",
+                        "reason": "synthetic"} for i in range(len(data))[rows]
+                       if not (data.has_text[i] and data.has_image[i])]
             write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
-                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype)
+                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype,
+                       has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial)
     write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
     return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
                     inputs={}, dims=dims, config={"cache_dtype": dtype})

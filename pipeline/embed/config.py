@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 from pipeline.config import existing, help_field, number, one_of, validate, whole
 from pipeline.data.images import DEFAULT_MAX_PIXELS
-from pipeline.model.config import EMBEDDINGS, POOLINGS
+from pipeline.model.config import EMBEDDINGS, POOLING_CHOICES
 
-BAD_IMAGE_POLICIES = ("skip", "fail")
-PLACEHOLDER_POLICIES = ("embed", "skip")
+BAD_IMAGE_POLICIES = ("skip", "fail", "text-only")
+PLACEHOLDER_POLICIES = ("embed", "skip", "text-only")
+EMPTY_TITLE_POLICIES = ("skip", "image-only")
 STALE_POLICIES = ("rebuild", "refuse")
 CACHE_DTYPES = ("float32", "float16")
 
@@ -26,14 +27,19 @@ class EmbedConfig:
     clip_lora: str = help_field(
         "CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
     lora_alpha: float = help_field("LoRA alpha when the checkpoint does not store it", default=None)
-    pooling: str = help_field(f"text pooling: {', '.join(POOLINGS)}", default="cls")
+    pooling: str = help_field(f"text pooling: {', '.join(POOLING_CHOICES)} (auto: a sentence-transformers folder's "
+                              "own pooling, else pooler for a *ForSequenceClassification folder with pooler "
+                              "weights, else cls)", default="auto")
     max_length: int = help_field("titles are truncated to this many tokens", default=128)
     clip_embedding: str = help_field(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
     batch_size: int = help_field("rows per forward pass", default=64)
     num_workers: int = help_field("DataLoader worker processes for image decoding (0 = in the main process, "
                              "-1 = auto: on CUDA all cores but one, on CPU a quarter of the cores)", default=-1)
-    on_bad_image: str = help_field(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)}", default="skip")
+    on_bad_image: str = help_field(f"what a row with a missing or bad image does: {', '.join(BAD_IMAGE_POLICIES)} "
+                                   "(text-only: kept with its title alone, listed in partial.tsv)", default="skip")
+    on_empty_title: str = help_field(f"what a row with an empty title does: {', '.join(EMPTY_TITLE_POLICIES)} "
+                                     "(image-only: kept with its image alone, listed in partial.tsv)", default="skip")
     on_stale: str = help_field(
         f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
     part_rows: int = help_field("input rows per Parquet part (the unit of resuming)", default=4096)
@@ -42,7 +48,8 @@ class EmbedConfig:
     draft: bool = help_field("let JPEGs decode at reduced scale when much larger than needed", default=True)
     on_placeholder: str = help_field(
         f"rows whose image is a placeholder (a small file shared byte for byte by many rows): "
-        f"{', '.join(PLACEHOLDER_POLICIES)}; either way they are counted", default="embed")
+        f"{', '.join(PLACEHOLDER_POLICIES)} (text-only: kept with the title alone); always counted",
+        default="embed")
     placeholder_max_bytes: int = help_field(
         "image files up to this size are checked for placeholders (0 = never)", default=16384)
     placeholder_min_rows: int = help_field(
@@ -51,7 +58,8 @@ class EmbedConfig:
     def __post_init__(self):
         validate(
             *(one_of(self, name, choices) for name, choices in (
-                ("pooling", POOLINGS), ("clip_embedding", EMBEDDINGS), ("on_bad_image", BAD_IMAGE_POLICIES),
+                ("pooling", POOLING_CHOICES), ("clip_embedding", EMBEDDINGS), ("on_bad_image", BAD_IMAGE_POLICIES),
+                ("on_empty_title", EMPTY_TITLE_POLICIES),
                 ("on_stale", STALE_POLICIES), ("cache_dtype", CACHE_DTYPES), ("on_placeholder", PLACEHOLDER_POLICIES),
             )),
             *(whole(self, name, minimum) for name, minimum in (

@@ -21,10 +21,12 @@ class RowBatch:
 
     rows: list  # input row indices, in batch order
     good: list  # positions in `rows` whose image loaded
-    bad: list  # (row, reason) for the rest
+    bad: list  # (row, reason) for the rows that are not kept at all
     pixels: torch.Tensor  # (len(good), S, S, 3) uint8
-    text: dict  # tokenizer output for the good rows, padded to the longest
-    truncated: list = field(default_factory=list)  # good rows whose title was cut at max_length tokens
+    text: dict  # tokenizer output for the rows at `titled`, padded to the longest
+    truncated: list = field(default_factory=list)  # tokenised rows whose title was cut at max_length tokens
+    titled: list = field(default_factory=list)  # positions in `rows` whose title is embedded
+    missing: dict = field(default_factory=dict)  # kept row -> ("image" or "text", reason): a half-post
 
     def pin_memory(self):
         self.pixels = self.pixels.pin_memory()
@@ -33,17 +35,24 @@ class RowBatch:
 
 
 class ImageRows(Dataset):
-    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None)."""
+    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None).
 
-    def __init__(self, image_root, image_paths, settings):
+    `no_image` maps rows whose image is known to be unusable (a placeholder kept text-only) to the reason;
+    they are not decoded.
+    """
+
+    def __init__(self, image_root, image_paths, settings, no_image=None):
         self.image_root = image_root
         self.image_paths = image_paths
         self.settings = settings
+        self.no_image = no_image or {}
 
     def __len__(self):
         return len(self.image_paths)
 
     def __getitem__(self, row):
+        if row in self.no_image:
+            return row, None, self.no_image[row]
         try:
             return row, load_image(self.image_root, self.image_paths[row], self.settings), None
         except BadImage as error:
@@ -51,30 +60,50 @@ class ImageRows(Dataset):
 
 
 class Collate:
-    """Stacks pixels and tokenises titles with padding to the batch's longest."""
+    """Stacks pixels and tokenises titles with padding to the batch's longest.
 
-    def __init__(self, texts, tokenizer, max_length, size):
+    A row whose image failed is kept text-only when `text_only` or when it is one of `no_image_rows` (a
+    placeholder kept text-only); otherwise it is bad. A row without a title
+    only reaches the loader when stage one keeps such rows image-only. A row with neither is bad.
+    """
+
+    def __init__(self, texts, tokenizer, max_length, size, text_only=False, no_image_rows=()):
         self.texts = texts
+        self.no_image_rows = no_image_rows
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.size = size
+        self.text_only = text_only
 
     def __call__(self, items):
         rows = [row for row, _, _ in items]
-        good = [i for i, (_, pixels, _) in enumerate(items) if pixels is not None]
-        bad = [(row, reason) for row, pixels, reason in items if pixels is None]
-        truncated = []
-        if good:
-            pixels = torch.from_numpy(np.stack([items[i][1] for i in good]))
-            titles = [self.texts[rows[i]] for i in good]
+        good, titled, bad, missing = [], [], [], {}
+        for i, (row, pixels, reason) in enumerate(items):
+            has_title = bool(self.texts[row])
+            if pixels is not None:
+                good.append(i)
+                if has_title:
+                    titled.append(i)
+                else:
+                    missing[row] = ("text", "empty_title")
+            elif has_title and (self.text_only or row in self.no_image_rows):
+                titled.append(i)
+                missing[row] = ("image", reason)
+            else:
+                bad.append((row, reason if has_title else f"empty_title_and_{reason}"))
+        truncated, text = [], {}
+        if titled:
+            titles = [self.texts[rows[i]] for i in titled]
             text = tokenize_titles(self.tokenizer, titles, self.max_length)
             # Tokenised again, uncut, only to count the cut ones: cheap next to decoding the images.
             full = self.tokenizer(titles, truncation=False, return_attention_mask=False)["input_ids"]
-            truncated = [rows[i] for i, ids in zip(good, full) if len(ids) > self.max_length]
+            truncated = [rows[i] for i, ids in zip(titled, full) if len(ids) > self.max_length]
+        if good:
+            pixels = torch.from_numpy(np.stack([items[i][1] for i in good]))
         else:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
-            text = {}
-        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated)
+        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated,
+                        titled=titled, missing=missing)
 
 
 def plan_batches(rows_per_part, texts, batch_size):

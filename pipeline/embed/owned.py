@@ -1,7 +1,7 @@
 """What in a cache folder is ours, and replacing a cache without ever losing the last complete one.
 
 Stage one deletes or replaces only files it can prove it wrote:
-`fingerprint.json` and `manifest.json` of our shape, `skipped.tsv` beside them,
+`fingerprint.json` and `manifest.json` of our shape, `skipped.tsv` and `partial.tsv` beside them,
 `<split>/part-NNNNN.parquet` files that carry our Parquet metadata, and our temp
 files (`.NAME.PID.tmp` with NAME one of those). Anything else in the folder (a
 user's images in `train/`, a Spark `part-*.parquet`, a `notes.tmp`) is left as
@@ -27,8 +27,9 @@ from pipeline.errors import UserError
 STAGING = ".rebuild"
 LOCK = ".lock"
 PART_NAME = re.compile(r"^part-\d{5}\.parquet$")
-_TOP_FILES = ("manifest.json", "fingerprint.json", "skipped.tsv")
-_TEMP_NAME = re.compile(r"^\.(manifest\.json|fingerprint\.json|skipped\.tsv|part-\d{5}\.parquet)\.\d+\.tmp$")
+_TOP_FILES = ("manifest.json", "fingerprint.json", "skipped.tsv", "partial.tsv")
+_TEMP_NAME = re.compile(
+    r"^\.(manifest\.json|fingerprint\.json|skipped\.tsv|partial\.tsv|part-\d{5}\.parquet)\.\d+\.tmp$")
 OUR_PART_KEY = b"pipeline.skipped"  # every part we write has it in its schema metadata
 
 

@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 from pipeline.files import output_folder
 from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
-from pipeline.model.text_encoder import check_max_length, load_tokenizer
+from pipeline.model.text_encoder import check_max_length, load_tokenizer, resolve_pooling
 
 SPLIT_NOTES = ("placeholder_rows", "truncated_titles", "duplicate_ids", "non_utf8_rows")  # manifest keys per split
 
@@ -48,6 +48,9 @@ def run_embed(config, group=Group(), log=print):
     """
     log = log if group.is_main else (lambda *_: None)
     splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
+    pooling, why = resolve_pooling(config.text_model, config.pooling)
+    log(f"text pooling: {pooling}" + (f" (--pooling auto: {why})" if config.pooling == "auto" else ""))
+    requested, config = config.pooling, replace(config, pooling=pooling)  # from here on, the resolved value
     tokenizer = load_tokenizer(config.text_model)  # refuses a folder without a usable tokenizer
     check_max_length(config.text_model, config.max_length, tokenizer)  # before hours of work
     image_settings = ImageSettings.from_model_folder(
@@ -80,15 +83,18 @@ def run_embed(config, group=Group(), log=print):
         started = time.perf_counter()
         work = replace(config, cache_dir=str(target))  # a rebuild goes to the staging folder
         for name, rows in splits.items():
-            skip_rows = (dict.fromkeys(placeholders.rows[name], "placeholder_image")
-                         if config.on_placeholder == "skip" else {})
-            embed_split(model, tokenizer, rows, work, image_settings, device, group.rank, group.world_size, skip_rows)
+            flagged = dict.fromkeys(placeholders.rows[name], "placeholder_image")
+            skip_rows = flagged if config.on_placeholder == "skip" else {}
+            no_image = flagged if config.on_placeholder == "text-only" else {}
+            embed_split(model, tokenizer, rows, work, image_settings, device, group.rank, group.world_size, skip_rows,
+                        no_image)
         group.barrier()  # every rank's parts are on disk
         timings = {"seconds": round(time.perf_counter() - started, 3), "processes": group.world_size}
         if group.is_main:
             manifest = cache.finalize(
                 target, {name: len(rows) for name, rows in splits.items()}, fingerprint, inputs,
-                dims=model.dims, config=_manifest_config(config, lora_summary, device, timings, placeholders),
+                dims=model.dims,
+                config=_manifest_config(config, lora_summary, device, timings, placeholders, requested),
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
                                     "non_utf8_rows": rows.non_utf8_rows, "labelled": rows.labelled}
                              for name, rows in splits.items()},
@@ -112,14 +118,17 @@ def fingerprint_inputs(config, splits, image_settings):
         "splits": {name: path_sha256(rows.path) for name, rows in splits.items()},
         "image_root": str(Path(config.resolved_image_root).resolve()),
         "image_pattern": config.image_pattern,
-        "text": {"pooling": config.pooling, "max_length": config.max_length},
+        "text": {"pooling": config.pooling, "max_length": config.max_length},  # pooling as resolved from auto
         "image": {**asdict(image_settings), "embedding": config.clip_embedding},
         "part_rows": config.part_rows,
         "cache_dtype": config.cache_dtype,
-        # The thresholds change the cache only when placeholders are skipped; otherwise only the counts.
+        # The thresholds change the cache only when placeholders are left out; otherwise only the counts.
         "placeholders": {"on_placeholder": config.on_placeholder, **({
             "max_bytes": config.placeholder_max_bytes, "min_rows": config.placeholder_min_rows,
-        } if config.on_placeholder == "skip" else {})},
+        } if config.on_placeholder != "embed" else {})},
+        # Which half-posts are kept (fail and skip give the same cache).
+        "half_posts": {"on_bad_image": "text-only" if config.on_bad_image == "text-only" else "skip",
+                       "on_empty_title": config.on_empty_title},
     }
 
 
@@ -212,15 +221,18 @@ def _start_fresh(folder, fingerprint, inputs):
     cache.write_json_atomic(folder / cache.FINGERPRINT_NAME, {"fingerprint": fingerprint, "inputs": inputs})
 
 
-def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1, skip_rows=None):
+def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1, skip_rows=None,
+                no_image=None):
     """Embed the parts of one split that this rank owns and that are not on disk yet.
 
-    `skip_rows` maps row -> reason for rows left out before loading (placeholders).
+    `skip_rows` maps row -> reason for rows left out before loading (placeholders); `no_image` maps
+    row -> reason for rows whose image is not to be used (placeholders kept text-only).
     """
     parts = PartWriter(rows, config, model.dims, skip_rows)
     pending = [p for p in parts.pending() if p % world_size == rank]
-    collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size)
-    dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings)
+    collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size,
+                      text_only=config.on_bad_image == "text-only", no_image_rows=set(no_image or ()))
+    dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings, no_image)
     batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, config.batch_size)
     workers = decode_workers(config.num_workers, device)
     loader = make_loader(dataset, collate, batches, workers, pin_memory=device.type == "cuda")
@@ -242,24 +254,32 @@ def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, 
 
 
 def _embed_batch(model, batch, rows, config, image_settings, device, parts):
-    for row, reason in batch.bad:
+    for row, reason in batch.bad:  # all image failures (an empty title alone is settled before loading)
         if config.on_bad_image == "fail":
             raise UserError(
                 f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
-                f"{reason.replace('_', ' ')}; fix the image or pass --on-bad-image skip"
+                f"{reason.removeprefix('empty_title_and_').replace('_', ' ')}; fix the image or pass "
+                "--on-bad-image skip (or text-only)"
             )
         parts.skip(row, reason)
-    if not batch.good:
+    kept = sorted(set(batch.good) | set(batch.titled))  # positions in batch.rows
+    if not kept:
         return 0
-    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
-    pixels = batch.pixels.to(device, non_blocking=True)
-    inputs["pixel_values"] = pixel_values(pixels, image_settings)
-    vectors = model.encode(inputs)
-    good_rows = [batch.rows[i] for i in batch.good]
-    _check_finite(vectors, good_rows, rows, config)
-    parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy(),
-              truncated=batch.truncated)
-    return len(good_rows)
+    text = dict.fromkeys(kept)
+    image = dict.fromkeys(kept)
+    if batch.titled:
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
+        vectors = model.encode_text(inputs)
+        _check_finite("text_emb", vectors, [batch.rows[i] for i in batch.titled], rows)
+        text.update(zip(batch.titled, vectors.float().cpu().numpy()))
+    if batch.good:
+        pixels = batch.pixels.to(device, non_blocking=True)
+        vectors = model.encode_image({"pixel_values": pixel_values(pixels, image_settings)})
+        _check_finite("image_emb", vectors, [batch.rows[i] for i in batch.good], rows)
+        image.update(zip(batch.good, vectors.float().cpu().numpy()))
+    parts.add([batch.rows[i] for i in kept], [text[i] for i in kept], [image[i] for i in kept],
+              truncated=batch.truncated, missing=batch.missing)
+    return len(kept)
 
 
 _LIKELY_CAUSES = {
@@ -269,22 +289,22 @@ _LIKELY_CAUSES = {
 }
 
 
-def _check_finite(vectors, good_rows, rows, config):
+def _check_finite(name, vectors, batch_rows, rows):
     """A NaN or Inf vector stops the run before its part is written: never a cache of garbage."""
-    for name, cause in _LIKELY_CAUSES.items():
-        finite = torch.isfinite(vectors[name]).all(dim=1)  # (B,)
-        if not bool(finite.all()):
-            first = good_rows[int((~finite).nonzero()[0])]
-            raise UserError(f"{rows.path}: line {rows.line(first)}: the {name.split('_')[0]} vector is NaN or Inf; "
-                            f"likely cause: {cause}; fix that and rerun (nothing of this part was written)")
+    finite = torch.isfinite(vectors).all(dim=1)  # (B,)
+    if not bool(finite.all()):
+        first = batch_rows[int((~finite).nonzero()[0])]
+        raise UserError(f"{rows.path}: line {rows.line(first)}: the {name.split('_')[0]} vector is NaN or Inf; "
+                        f"likely cause: {_LIKELY_CAUSES[name]}; fix that and rerun (nothing of this part was written)")
 
 
-def _manifest_config(config, lora_summary, device, timings, placeholders):
+def _manifest_config(config, lora_summary, device, timings, placeholders, requested_pooling):
     """Settings and circumstances of this run; `timings` covers embedding only (this run's rows, all ranks)."""
     import transformers
 
     return {
-        "embed": {**asdict(config), "splits": list(config.splits)},
+        "embed": {**asdict(config), "splits": list(config.splits)},  # pooling as resolved
+        "pooling": {"requested": requested_pooling, "resolved": config.pooling},
         "clip_lora": lora_summary,
         "device": str(device),
         "timings": timings,
@@ -294,17 +314,21 @@ def _manifest_config(config, lora_summary, device, timings, placeholders):
 
 
 def summary(manifest):
-    """Per split: rows read, embedded, skipped by reason, embedded rows per class, and data notes."""
-    lines = [f"{'split':<8} {'read':>8} {'embedded':>9} {'skipped':>8} {'fake':>8} {'real':>8}  "
-             "skipped by reason; notes"]
+    """Per split: rows read = both + text-only + image-only + skipped (by reason), kept rows per class, notes."""
+    lines = [f"{'split':<8} {'read':>8} {'both':>8} {'text-only':>9} {'image-only':>10} {'skipped':>8} {'fake':>8} "
+             f"{'real':>8}  skipped by reason; missing halves by reason; notes"]
     warnings = []
     for name, info in manifest["splits"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(info["skipped_by_reason"].items())) or "-"
+        halves = ", ".join(f"no {half}: {k}={v}" for half, counts in sorted(info.get("missing_by_reason", {}).items())
+                           for k, v in sorted(counts.items()))
+        reasons += f"; {halves}" if halves else ""
         notes = "".join(f"; {key}={info[key]}" for key in SPLIT_NOTES if info.get(key))
         classes = info.get("class_counts", {})
         labelled = info.get("labelled", True)
         fake, real = (classes.get("fake", 0), classes.get("real", 0)) if labelled else ("-", "-")
-        lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_embedded']:>9} {info['rows_skipped']:>8} "
+        lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_both']:>8} {info['rows_text_only']:>9} "
+                     f"{info['rows_image_only']:>10} {info['rows_skipped']:>8} "
                      f"{fake:>8} {real:>8}  {reasons}{notes}{'' if labelled else '; unlabelled'}")
         if not labelled:
             if not info["rows_embedded"]:

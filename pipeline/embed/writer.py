@@ -18,7 +18,8 @@ class PartWriter:
         self.part_rows = config.part_rows
         self.count = -(-len(rows) // self.part_rows)
         self.done = cache.existing_parts(config.cache_dir, rows.split)
-        self.results = {}  # part -> {row: (text_vec, image_vec) or reason}
+        self.results = {}  # part -> {row: (text_vec or None, image_vec or None, (missing, reason) or None) or reason}
+        self.keep_image_only = getattr(config, "on_empty_title", "skip") == "image-only"
         self.truncated = {}  # part -> titles cut at max_length
         self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
         self.futures = []
@@ -35,7 +36,9 @@ class PartWriter:
     def embeddable_rows(self, part):
         rows = []
         for row in self.range(part):
-            reason = self.skip_rows.get(row) if self.rows.texts[row] else "empty_title"
+            reason = self.skip_rows.get(row)
+            if not self.rows.texts[row] and not self.keep_image_only:
+                reason = "empty_title"
             if reason:
                 self.results.setdefault(part, {})[row] = reason
             else:
@@ -46,12 +49,14 @@ class PartWriter:
         self.results.setdefault(row // self.part_rows, {})[row] = reason
         self.maybe_write(row // self.part_rows)
 
-    def add(self, rows, text, image, truncated=()):
+    def add(self, rows, text, image, truncated=(), missing=None):
+        """`text[i]`, `image[i]`: row i's vectors, None for a missing half; `missing`: row -> (half, reason)."""
+        missing = missing or {}
         for row in truncated:
             self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
         touched = set()
         for i, row in enumerate(rows):
-            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i])
+            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], missing.get(row))
             touched.add(row // self.part_rows)
         for part in touched:
             self.maybe_write(part)
@@ -66,7 +71,8 @@ class PartWriter:
         self.futures.append(self.writer.submit(self._write, part, results, counts))
 
     def _write(self, part, results, counts):
-        ids, labels, text, image, skipped = [], [], [], [], []
+        ids, labels, text, image, skipped, partial = [], [], [], [], [], []
+        zeros = {name: np.zeros(self.dims[name], np.float32) for name in ("text", "image")}
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
             if isinstance(result, str):
@@ -74,14 +80,21 @@ class PartWriter:
                 continue
             ids.append(self.rows.ids[row])
             labels.append(self.rows.labels[row] if self.rows.labelled else None)
-            text.append(result[0])
-            image.append(result[1])
+            text.append(zeros["text"] if result[0] is None else result[0])
+            image.append(zeros["image"] if result[1] is None else result[1])
+            if result[2] is not None:
+                partial.append({"id": self.rows.ids[row], "row": row, "missing": result[2][0],
+                                "reason": result[2][1]})
+        absent = {(entry["row"], entry["missing"]) for entry in partial}
+        kept = [row for row in self.range(part) if not isinstance(results[row], str)]
         cache.write_part(
             cache.part_path(self.config.cache_dir, self.rows.split, part), ids,
             labels if self.rows.labelled else None,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
             skipped, dtype=self.config.cache_dtype, counts=counts,
+            has_text=[(row, "text") not in absent for row in kept],
+            has_image=[(row, "image") not in absent for row in kept], partial=partial,
         )
 
     def _check_writer(self):

@@ -9,9 +9,10 @@ from torch import nn
 
 from pipeline.model.checkpoint import apply_clip_checkpoint
 from pipeline.model.image_encoder import load_image_encoder
-from pipeline.model.text_encoder import TextEncoder, load_text_model
+from pipeline.model.text_encoder import TextEncoder, load_text_model, resolve_pooling
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PRESENCE_MASKS = ("has_text", "has_image")
 
 
 class MultimodalBertClipClassifier(nn.Module):
@@ -36,14 +37,21 @@ class MultimodalBertClipClassifier(nn.Module):
         return {"text_emb": self.encode_text(batch), "image_emb": self.encode_image(batch)}
 
     def forward(self, batch=None, **inputs):
-        """Logits (B, 2); takes a batch dict or its keys as keyword arguments (the Trainer's way)."""
-        return self.head(self.encode(batch if batch is not None else inputs))
+        """Logits (B, 2); takes a batch dict or its keys as keyword arguments (the Trainer's way).
+
+        The batch's `has_text` / `has_image` masks (B,) reach the head, which puts its missing vectors there.
+        """
+        batch = batch if batch is not None else inputs
+        features = self.encode(batch)
+        features.update({k: batch[k] for k in PRESENCE_MASKS if batch.get(k) is not None})
+        return self.head(features)
 
 
 def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
                    pooling="cls", clip_embedding="projected"):
-    """Load both encoders from folders (and merge an optional CLIP checkpoint)."""
-    text_encoder = TextEncoder(load_text_model(text_model), pooling)
+    """Load both encoders from folders (and merge an optional CLIP checkpoint); `pooling` may be `auto`."""
+    pooling, _ = resolve_pooling(text_model, pooling)
+    text_encoder = TextEncoder(load_text_model(text_model, pooling), pooling)
     image_encoder = load_image_encoder(clip_model, clip_embedding)
     lora_summary = None
     if clip_lora:

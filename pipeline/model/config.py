@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pipeline.config import help_field, number, one_of, validate, whole
 from pipeline.errors import UserError
 
-POOLINGS = ("cls", "mean")  # how a title's token states become one vector
+POOLINGS = ("cls", "mean", "max", "pooler")  # how a title's token states become one vector
+# auto: the pooling the folder says its model was trained with (text_encoder.resolve_pooling)
+POOLING_CHOICES = ("auto", *POOLINGS)
 EMBEDDINGS = ("projected", "pooled")  # which CLIP image vector: after or before the visual projection
 MODALITIES = ("text", "image")
 FUSIONS = ("concat", "max", "mean", "gated")

@@ -3,6 +3,14 @@
 The head consumes exactly the dict that stage one caches and that an end-to-end
 model's `encode(batch)` returns, `{"text_emb": (B, Dt), "image_emb": (B, Di)}`,
 so training it on the cache and fine-tuning end to end share this one module.
+
+A post may lack a modality (a dead image link, an empty title): the dict then
+also carries `has_text` / `has_image` (B,) bool masks, and the head puts a
+learned "missing" vector (one per modality, in the projection space) where a
+projection would be. Modality dropout in training (`drop_modalities`) teaches
+a two-modality head to score a row from either half. Heads saved before this
+existed have no missing vectors: they still load and score whole rows, and
+refuse a row with a modality missing.
 A checkpoint folder holds `model.safetensors` and `head_config.json`, so it
 loads without flags.
 """
@@ -29,11 +37,14 @@ def _projection(in_dim, out_dim, dropout):
 
 
 class FusionHead(nn.Module):
-    def __init__(self, config: HeadConfig):
+    def __init__(self, config: HeadConfig, missing_vectors=True):
         super().__init__()
         self.config = config
         dims, width = config.dims(), config.proj_dim
         self.projections = nn.ModuleDict({m: _projection(dims[m], width, config.dropout) for m in config.modalities})
+        # Zeros at first: a missing modality starts out contributing nothing; training moves them.
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(width)) for m in config.modalities}) \
+            if missing_vectors else None
         self.fuses = len(config.modalities) == 2
         if self.fuses and config.fusion == "gated":
             # One gate value per dimension, computed from both modalities.
@@ -44,9 +55,29 @@ class FusionHead(nn.Module):
             nn.Linear(config.hidden_dim, 2),
         )
 
+    @property
+    def supports_missing(self):
+        """Whether rows with a modality missing can be scored (heads saved before missing vectors cannot)."""
+        return self.missing is not None
+
     def forward(self, features):
-        """{"text_emb": (B, Dt), "image_emb": (B, Di)} -> logits (B, 2); unused modalities are ignored."""
-        projected = [self.projections[m](features[f"{m}_emb"]) for m in self.config.modalities]  # each (B, P)
+        """{"text_emb": (B, Dt), "image_emb": (B, Di)[, "has_text", "has_image": (B,) bool]} -> logits (B, 2).
+
+        Unused modalities are ignored; without a `has_*` mask every row has that modality.
+        """
+        projected = []
+        for m in self.config.modalities:
+            vectors = self.projections[m](features[f"{m}_emb"])  # (B, P)
+            present = features.get(f"has_{m}")
+            if present is not None:
+                if self.missing is None:
+                    if not bool(present.all()):
+                        raise UserError(f"this head has no missing-{m} vector (it was saved before heads learned "
+                                        f"missing modalities): it cannot score rows without a {m}; train it again")
+                else:
+                    fill = self.missing[m].to(vectors.dtype).expand_as(vectors)
+                    vectors = torch.where(present.to(torch.bool).unsqueeze(1), vectors, fill)
+            projected.append(vectors)
         return self.classifier(self._fuse(projected))
 
     def _fuse(self, projected):
@@ -62,6 +93,22 @@ class FusionHead(nn.Module):
             return (text + image) / 2
         gate = torch.sigmoid(self.gate(torch.cat([text, image], dim=1)))  # (B, P) in (0, 1)
         return gate * text + (1 - gate) * image
+
+
+def drop_modalities(features, probability, generator=None):
+    """Modality dropout for training: each row that has both modalities loses one of them (text or image,
+    evenly) with `probability`, by clearing its `has_*` mask; the vectors are left as they are. `features`
+    needs `has_text` or `text_emb` (for the row count); other keys (e.g. a batch's input_ids) pass through."""
+    reference = features["has_text"] if "has_text" in features else features["text_emb"]
+    rows, device = reference.shape[0], reference.device
+    has_text = features.get("has_text", torch.ones(rows, dtype=torch.bool, device=device)).to(torch.bool)
+    has_image = features.get("has_image", torch.ones(rows, dtype=torch.bool, device=device)).to(torch.bool)
+    if probability <= 0:
+        return {**features, "has_text": has_text, "has_image": has_image}
+    draws = torch.rand(rows, 2, generator=generator).to(device)  # (B, 2): drop?, which
+    drop = (draws[:, 0] < probability) & has_text & has_image
+    drop_text = drop & (draws[:, 1] < 0.5)
+    return {**features, "has_text": has_text & ~drop_text, "has_image": has_image & ~(drop & ~drop_text)}
 
 
 def save_head(folder, head, extra_config=None):
@@ -86,10 +133,12 @@ def load_head(folder, dims=None, dims_source="the features"):
     config = _read_head_config(config_path)
     if dims is not None:
         check_dims(config, dims, source=dims_source, head_name=str(folder))
+    # A head saved before missing vectors existed has no `missing.*` tensors: it loads without them.
+    missing_vectors = any(name.startswith("missing.") for name in _read_safetensors_header(weights_path, config_path))
     with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to match
-        expected = {name: tuple(t.shape) for name, t in FusionHead(config).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in FusionHead(config, missing_vectors).state_dict().items()}
     _check_safetensors_header(weights_path, expected, config_path)
-    head = FusionHead(config)
+    head = FusionHead(config, missing_vectors)
     try:
         state = load_file(weights_path)
         head.load_state_dict(state)
@@ -121,8 +170,8 @@ def _read_head_config(path):
     return config
 
 
-def _check_safetensors_header(path, expected, config_path):
-    """The file's header lists exactly the tensors `expected` ({name: shape}), within the file's size."""
+def _read_safetensors_header(path, config_path):
+    """{tensor name: entry} of a safetensors file's header, checked to lie within the file."""
     def bad(what):
         raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
 
@@ -137,7 +186,15 @@ def _check_safetensors_header(path, expected, config_path):
             bad("corrupt safetensors header (not JSON)")
     if not isinstance(header, dict):
         bad("corrupt safetensors header (not an object)")
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    return {k: v for k, v in header.items() if k != "__metadata__"}
+
+
+def _check_safetensors_header(path, expected, config_path):
+    """The file's header lists exactly the tensors `expected` ({name: shape})."""
+    def bad(what):
+        raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
+
+    tensors = _read_safetensors_header(path, config_path)
     shapes = {k: tuple(v.get("shape", ())) if isinstance(v, dict) else None for k, v in tensors.items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))

@@ -69,13 +69,28 @@ class Classifier:
         """What the features depend on: content hashes and settings (not the paths)."""
         return {k: v for k, v in self.encoders.items() if k not in guard.MODELS}
 
+    def can_score(self, has_text, has_image):
+        """(N,) bool: rows the head can score. A whole post always; a half-post when the head has missing
+        vectors and reads the half that is there (or when it reads only that half)."""
+        present = {"text": np.asarray(has_text, dtype=bool), "image": np.asarray(has_image, dtype=bool)}
+        modalities = self.model.head.config.modalities
+        has_all = np.logical_and.reduce([present[m] for m in modalities])
+        has_any = np.logical_or.reduce([present[m] for m in modalities])
+        return has_any if self.model.head.supports_missing else has_all
+
     @torch.inference_mode()
-    def score_features(self, text_emb, image_emb):
-        """Cached vectors (N, Dt), (N, Di) -> prob_real (N,) float64, as train-head scores them."""
+    def score_features(self, text_emb, image_emb, has_text=None, has_image=None):
+        """Cached vectors (N, Dt), (N, Di) and presence masks (default: all there) -> prob_real (N,) float64,
+        as train-head scores them."""
+        rows = len(text_emb)
+        masks = {"has_text": np.ones(rows, bool) if has_text is None else np.asarray(has_text, dtype=bool),
+                 "has_image": np.ones(rows, bool) if has_image is None else np.asarray(has_image, dtype=bool)}
         probs = []
-        for start in range(0, len(text_emb), SCORE_BATCH):
-            features = {"text_emb": torch.as_tensor(text_emb[start:start + SCORE_BATCH]).float().to(self.device),
-                        "image_emb": torch.as_tensor(image_emb[start:start + SCORE_BATCH]).float().to(self.device)}
+        for start in range(0, rows, SCORE_BATCH):
+            part = slice(start, start + SCORE_BATCH)
+            features = {"text_emb": torch.as_tensor(text_emb[part]).float().to(self.device),
+                        "image_emb": torch.as_tensor(image_emb[part]).float().to(self.device),
+                        **{k: torch.as_tensor(v[part]).to(self.device) for k, v in masks.items()}}
             probs.append(torch.softmax(self.model.head(features).float(), dim=1)[:, 1].double().cpu().numpy())
         return np.concatenate(probs) if probs else np.zeros(0)
 
@@ -88,23 +103,34 @@ class Classifier:
             raise UserError(f"predict: {len(titles)} titles but {len(images)} images; give one image per title")
         ids = [str(i) for i in range(len(titles))] if ids is None else [str(key) for key in ids]
         prob, status = np.full(len(titles), np.nan), ["ok"] * len(titles)
+        size = self.settings.size
         for start in range(0, len(titles), self.batch_size):
-            good, pixels = [], []
+            good, pixels, has_text, has_image = [], [], [], []
             for row in range(start, min(start + self.batch_size, len(titles))):
                 title = (titles[row] or "").strip()
                 try:
-                    if not title:
-                        raise BadImage("empty_title")  # stage one's reason, checked before the image
                     pixels.append(self._pixels(images[row], image_root))
-                    good.append(row)
+                    image_ok, reason = True, "empty_title"
                 except BadImage as error:
-                    status[row] = error.reason
+                    pixels.append(np.zeros((size, size, 3), np.uint8))  # a stand-in the head never sees
+                    image_ok, reason = False, error.reason
+                if not title and not image_ok:
+                    status[row] = f"empty_title_and_{reason}"
+                elif not self.can_score([bool(title)], [image_ok])[0]:
+                    status[row] = reason  # stage one's reason: empty_title, or the image's
+                else:
+                    good.append(row)
+                    has_text.append(bool(title))
+                    has_image.append(image_ok)
+                    status[row] = "ok" if title and image_ok else "ok_text_only" if title else "ok_image_only"
             if good:
-                batch = prepare_batch(self.tokenizer, [titles[row].strip() for row in good],
-                                      torch.from_numpy(np.stack(pixels)), self.encoders["max_length"], self.settings)
+                batch = prepare_batch(self.tokenizer, [(titles[row] or "").strip() for row in good],
+                                      torch.from_numpy(np.stack([pixels[row - start] for row in good])),
+                                      self.encoders["max_length"], self.settings)
                 with autocast(self.device):
                     vectors = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
-                prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float())
+                prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float(),
+                                                 has_text, has_image)
         return results_frame(ids, prob, status, self.threshold, labels)
 
     def _pixels(self, image, image_root):
@@ -119,7 +145,8 @@ class Classifier:
 
     def predict_tsv(self, path, out=None, **options):
         """What `python -m pipeline predict` writes for `path`, as a DataFrame (and into `out` when given);
-        `options`: image_root, image_pattern, cache_dir, num_workers, on_bad_image, part_rows, log."""
+        `options`: image_root, image_pattern, cache_dir, num_workers, on_bad_image, on_empty_title, part_rows,
+        log."""
         options = {"batch_size": self.batch_size, "log": lambda *_: None, **options}
         if out is not None:
             predict_file(self, path, out, **options)

@@ -32,11 +32,13 @@ def run(args):
     summary = predict_file(classifier, config.input, config.out, image_root=config.image_root,
                            image_pattern=config.image_pattern, cache_dir=config.cache_dir,
                            batch_size=config.batch_size, num_workers=config.num_workers,
-                           on_bad_image=config.on_bad_image, part_rows=config.part_rows)
+                           on_bad_image=config.on_bad_image, on_empty_title=config.on_empty_title,
+                           part_rows=config.part_rows)
     skipped = sum(summary["skipped_by_reason"].values())
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["skipped_by_reason"].items()))
-    print(f"{summary['rows']} rows: {summary['scored']} classified at threshold {classifier.threshold:.4f}, "
-          f"{skipped} not ({reasons or 'none'})")
+    halves = ", ".join(f"{k}={v}" for k, v in sorted(summary["half_posts"].items()))
+    print(f"{summary['rows']} rows: {summary['scored']} classified at threshold {classifier.threshold:.4f}"
+          f"{f' ({halves})' if halves else ''}, {skipped} not ({reasons or 'none'})")
     print(read_results(config.out).head(SHOWN_ROWS).to_string(index=False))
     if summary["metrics"] is not None:
         print(f"Metrics: {shown(summary['metrics'])} (written to {config.out}.metrics.json)")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from pipeline.config import device_name, existing, help_field, one_of, validate, whole
 from pipeline.data.images import DEFAULT_MAX_PIXELS
-from pipeline.embed.config import BAD_IMAGE_POLICIES
+from pipeline.embed.config import BAD_IMAGE_POLICIES, EMPTY_TITLE_POLICIES
 from pipeline.model.config import POOLINGS
 
 
@@ -43,8 +43,13 @@ class PredictConfig:
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
     batch_size: int = help_field("rows per forward pass", default=64)
     num_workers: int = help_field("DataLoader worker processes for image decoding (-1 = auto, as embed)", default=-1)
-    on_bad_image: str = help_field(f"what a bad image row does: {', '.join(BAD_IMAGE_POLICIES)} (skip: the row "
-                                   "gets its reason as status and no probability)", default="skip")
+    on_bad_image: str = help_field(
+        f"what a row with a missing or bad image does: {', '.join(BAD_IMAGE_POLICIES)} (text-only: scored from "
+        "its title, status ok_text_only, when the run's head has missing vectors; skip: the row gets its reason "
+        "as status and no probability)", default="text-only")
+    on_empty_title: str = help_field(
+        f"what a row with an empty title does: {', '.join(EMPTY_TITLE_POLICIES)} (image-only: scored from its "
+        "image, status ok_image_only, when the run's head has missing vectors)", default="image-only")
     part_rows: int = help_field("input rows per part (the unit of resuming and of memory)", default=4096)
     max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
 
@@ -56,6 +61,7 @@ class PredictConfig:
             None if parse_threshold(self.threshold) is not None else
             f"--threshold {self.threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1",
             device_name(self), one_of(self, "on_bad_image", BAD_IMAGE_POLICIES),
+            one_of(self, "on_empty_title", EMPTY_TITLE_POLICIES),
             *(whole(self, name, minimum) for name, minimum in (
                 ("batch_size", 1), ("num_workers", -1), ("part_rows", 1), ("max_pixels", 1))),
         )

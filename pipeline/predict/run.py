@@ -53,9 +53,14 @@ def read_results(path):
 
 
 def predict_file(classifier, input_path, out, image_root=None, image_pattern="{id}.jpg", cache_dir=None,
-                 batch_size=64, num_workers=-1, on_bad_image="skip", part_rows=4096, log=print):
+                 batch_size=64, num_workers=-1, on_bad_image="text-only", on_empty_title="image-only", part_rows=4096,
+                 log=print):
     """Classify every row of a TSV into `out` (CSV) plus `<out>.meta.json` and, with labels,
-    `<out>.metrics.json`; returns {"rows", "scored", "skipped_by_reason", "metrics"}."""
+    `<out>.metrics.json`; returns {"rows", "scored", "half_posts", "skipped_by_reason", "metrics"}.
+
+    Half-posts (`on_bad_image text-only`, `on_empty_title image-only`) are scored when the head has
+    missing vectors and reads the half that is there (status ok_text_only / ok_image_only); otherwise they
+    get their reason as status, as skipped rows do."""
     input_path, out = Path(input_path), Path(out)
     rows = read_rows(input_path, SPLIT, image_pattern)
     image_root = str(image_root or input_path.parent)
@@ -68,21 +73,22 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
         clip_lora=encoders["clip_lora"], lora_alpha=encoders["lora_alpha"], pooling=encoders["pooling"],
         max_length=encoders["max_length"], clip_embedding=encoders["clip_embedding"], cache_dir=str(folder),
         splits=(SPLIT,), image_root=image_root, image_pattern=image_pattern, device=str(classifier.device),
-        batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, part_rows=part_rows,
+        batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image, on_empty_title=on_empty_title,
+        part_rows=part_rows,
         max_pixels=classifier.settings.max_pixels, draft=classifier.settings.draft,
     )
     try:
         _prepare(folder, {"encoders": classifier.fingerprint, "input": path_sha256(input_path),
                           "image_root": str(Path(image_root).resolve()), "image_pattern": image_pattern,
-                          "part_rows": part_rows}, log)
+                          "part_rows": part_rows, "half_posts": [on_bad_image == "text-only", on_empty_title]}, log)
         embed_split(classifier.model, classifier.tokenizer, rows, config, classifier.settings, classifier.device)
-        results = {"labels": [], "probs": [], "reasons": {}}
+        results = {"labels": [], "probs": [], "reasons": {}, "half_posts": {}}
         write_atomic(out, lambda tmp: _write_output(tmp, classifier, rows, folder, part_rows, results))
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     summary = {"rows": len(rows), "scored": int(sum(len(p) for p in results["probs"])),
-               "skipped_by_reason": results["reasons"], "metrics": None}
+               "half_posts": results["half_posts"], "skipped_by_reason": results["reasons"], "metrics": None}
     if rows.labelled and summary["scored"]:
         labels, probs = np.concatenate(results["labels"]), np.concatenate(results["probs"])
         summary["metrics"] = {**compute_metrics(labels, probs, threshold=classifier.threshold),
@@ -120,14 +126,26 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         for part, start in enumerate(range(0, len(rows), part_rows)):
             span = range(start, min(start + part_rows, len(rows)))
-            ids, text, image, skipped = cache.read_part_rows(cache.part_path(folder, SPLIT, part))
-            reasons = {entry["row"]: entry["reason"] for entry in skipped}
-            scored = [row for row in span if row not in reasons]
-            if [rows.ids[row] for row in scored] != ids:
+            rows_of_part = cache.read_part_rows(cache.part_path(folder, SPLIT, part))
+            reasons = {entry["row"]: entry["reason"] for entry in rows_of_part.skipped}
+            kept = [row for row in span if row not in reasons]
+            if [rows.ids[row] for row in kept] != rows_of_part.ids:
                 raise RuntimeError(f"{folder}: part {part} does not hold the input's rows; delete the folder")
+            halves = {entry["row"]: entry["reason"] for entry in rows_of_part.partial}
+            has_text, has_image = rows_of_part.has_text, rows_of_part.has_image
+            scorable = classifier.can_score(has_text, has_image)  # (kept,) bool
+            status = {row: "ok" if both else "ok_text_only" if text else "ok_image_only"
+                      for row, both, text in zip(kept, has_text & has_image, has_text)}
+            for row, ok in zip(kept, scorable):
+                if not ok:  # a half-post this head cannot score: its reason, as a skipped row's
+                    reasons[row] = halves[row]
+                elif status[row] != "ok":
+                    results["half_posts"][status[row]] = results["half_posts"].get(status[row], 0) + 1
             prob = np.full(len(span), np.nan)
-            prob[[row - start for row in scored]] = classifier.score_features(text, image)
-            status = [reasons.get(row, "ok") for row in span]
+            index = [row - start for row, ok in zip(kept, scorable) if ok]
+            prob[index] = classifier.score_features(rows_of_part.text_emb[scorable], rows_of_part.image_emb[scorable],
+                                                    has_text[scorable], has_image[scorable])
+            status = [reasons.get(row) or status[row] for row in span]
             for reason in reasons.values():
                 results["reasons"][reason] = results["reasons"].get(reason, 0) + 1
             labels = rows.labels[span.start:span.stop] if rows.labelled else None

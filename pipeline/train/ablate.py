@@ -51,14 +51,26 @@ def _row(modalities, fusion, seed, run):
             for key, value in values.items():
                 if key == "confusion_matrix":
                     value = json.dumps(value)
-                if key != "tuned":
+                if key not in ("tuned", "by_presence"):
                     row[f"{prefix}_{key}"] = value
+        # by_presence as columns: <split>_<group>_<metric> at 0.5, e.g. test_text_only_f1_macro
+        for group, values in metrics.get("by_presence", {}).items():
+            for key, value in values.items():
+                if key not in ("tuned", "confusion_matrix", "threshold"):
+                    row[f"{split}_{group}_{key}"] = value
     return row
 
 
+def presence_columns(runs):
+    """test macro-F1 per presence group, for the groups that have rows beside `both` (none without half-posts)."""
+    groups = [g for g in ("both", "text_only", "image_only") if f"test_{g}_f1_macro" in runs.columns]
+    return [f"test_{g}_f1_macro" for g in groups] if groups != ["both"] else []
+
+
 def summarize(runs):
-    """Mean and sample std (over seeds) of val/test macro-F1 and accuracy per variant, in grid order."""
-    columns = [f"{split}_{metric}" for split, metric in SUMMARY]
+    """Mean and sample std (over seeds) of val/test macro-F1 and accuracy per variant, in grid order
+    (plus test macro-F1 per presence group when the test split has half-posts)."""
+    columns = [f"{split}_{metric}" for split, metric in SUMMARY] + presence_columns(runs)
     grouped = runs.groupby(["modalities", "fusion"], sort=False)[columns]
     summary = grouped.agg(["mean", "std"])
     summary.columns = [f"{column}_{stat}" for column, stat in summary.columns]
@@ -67,11 +79,15 @@ def summarize(runs):
 
 
 def markdown_table(summary):
+    extra = [c.removesuffix("_mean") for c in summary.columns if c.startswith("test_") and c.endswith("_f1_macro_mean")
+             and c.removesuffix("_f1_macro_mean").removeprefix("test_") in ("both", "text_only", "image_only")]
     header = ["modalities", "fusion", "runs"] + [f"{split} {metric}" for split, metric in SUMMARY]
+    header += [f"test f1_macro {c.removeprefix('test_').removesuffix('_f1_macro')}" for c in extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [row["modalities"], row["fusion"], str(row["runs"])]
         cells += [_mean_std(row[f"{split}_{metric}_mean"], row[f"{split}_{metric}_std"]) for split, metric in SUMMARY]
+        cells += [_mean_std(row[f"{c}_mean"], row[f"{c}_std"]) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ def run(args):
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.fit import load_cached_splits, train_head
-    from pipeline.train.metrics import shown
+    from pipeline.train.metrics import shown, shown_by_presence
     from pipeline.train.run_folder import encoders_from_manifest, resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
@@ -51,6 +51,7 @@ def run(args):
     out = write_run(out, result, config, encoders=encoders_from_manifest(manifest))
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
+        print(f"{label} by presence: {shown_by_presence(result.metrics[split])}")
     tuned = result.metrics["test"]["tuned"]
     print(f"Threshold tuned on validation: {tuned['threshold']:.4f} -> "
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")

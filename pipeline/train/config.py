@@ -39,6 +39,9 @@ class TrainConfig:
                              "(loss: lower is better)", default="f1_macro")
     class_weights: str = help_field(f"class weights of the loss: {WEIGHT_MODES}; "
                                     "balanced = n / (classes * count) on train", default="balanced")
+    modality_dropout: float = help_field(
+        "share of training rows with both modalities that lose one of them (text or image, evenly) in each epoch, "
+        "so a two-modality head learns to score posts with a missing image or title; 0 disables", default=0.5)
     seed: int = help_field("seed for initialisation, dropout and batch order", default=0)
     device: str = help_field("auto (cuda if available), cpu, cuda or cuda:N", default="auto")
     threads: int = help_field("torch CPU threads; 0 leaves torch's default (one per core). On a machine busy "
@@ -50,5 +53,6 @@ class TrainConfig:
             *(whole(self, name, minimum) for name, minimum in
               (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0))),
             number(self, "lr", above=0, below=10), number(self, "weight_decay", at_least=0, below=10),
+            number(self, "modality_dropout", at_least=0, below=1),
             one_of(self, "metric", STOP_METRICS), device_name(self), class_weights_mode(self),
         )

@@ -19,9 +19,9 @@ from pipeline.data.splits import SPLITS
 from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
-from pipeline.model.head import FusionHead
+from pipeline.model.head import FusionHead, drop_modalities
 from pipeline.train.losses import class_weights, weighted_cross_entropy
-from pipeline.train.metrics import compute_metrics, score_probabilities
+from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
 from pipeline.train.run_folder import FitResult, HeadRun
 
 EVAL_BATCH = 8192  # evaluation needs no gradients, so bigger batches are just faster
@@ -59,9 +59,11 @@ def load_cached_splits(cache_dir, names=SPLITS):
 
 
 def to_features(split, device):
-    """The dict the head consumes; from_numpy shares memory, so on CPU nothing is copied."""
+    """The dict the head consumes, presence masks included; from_numpy shares memory, so on CPU nothing is copied."""
     return {"text_emb": torch.from_numpy(split.text_emb).to(device),
-            "image_emb": torch.from_numpy(split.image_emb).to(device)}
+            "image_emb": torch.from_numpy(split.image_emb).to(device),
+            "has_text": torch.from_numpy(split.has_text).to(device),
+            "has_image": torch.from_numpy(split.has_image).to(device)}
 
 
 @torch.no_grad()
@@ -114,9 +116,15 @@ def train_epoch(model, optimizer, features, labels, weights, config, generator):
     rows = labels.shape[0]
     order = torch.randperm(rows, generator=generator).to(labels.device)
     total = torch.zeros((), device=labels.device)  # summed on device: no sync per step
+    # Modality dropout only where a head fuses two modalities (a one-modality head would lose its only input).
+    modalities = getattr(getattr(model, "config", None), "modalities", ())
+    dropout = config.modality_dropout if len(modalities) == 2 else 0.0
     for start in range(0, rows, config.batch_size):
         index = order[start:start + config.batch_size]
-        loss = weighted_cross_entropy(model({k: v[index] for k, v in features.items()}), labels[index], weights)
+        batch = {k: v[index] for k, v in features.items()}
+        if dropout:
+            batch = drop_modalities(batch, dropout, generator)
+        loss = weighted_cross_entropy(model(batch), labels[index], weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -174,4 +182,6 @@ def evaluate(model, splits, data, weights):
         ids={name: splits[name].ids for name in outputs}, labels={name: splits[name].labels for name in outputs},
         probs={name: prob for name, (prob, _) in outputs.items()},
         losses={name: loss for name, (_, loss) in outputs.items()},
+        groups={name: presence_groups(splits[name].has_text, splits[name].has_image) for name in outputs},
+        class_weights=weights.tolist(),
     )

@@ -82,17 +82,47 @@ def _threshold_at(probs, k):
     return float((probs[k - 1] + probs[k]) / 2)
 
 
-def score_probabilities(ids, labels, probs, losses):
+PRESENCE_GROUPS = ("both", "text_only", "image_only")
+
+
+def presence_groups(has_text, has_image):
+    """(N,) group name per row: both, text_only or image_only (a row with neither is never cached)."""
+    has_text, has_image = np.asarray(has_text, dtype=bool), np.asarray(has_image, dtype=bool)
+    return np.where(has_text & has_image, "both", np.where(has_text, "text_only", "image_only"))
+
+
+def weighted_log_loss(labels, prob_real, class_weights=None):
+    """The class-weighted cross-entropy of `losses.weighted_cross_entropy`, from probabilities."""
+    labels = np.asarray(labels, dtype=np.int64)
+    prob = np.clip(np.where(labels == 1, prob_real, 1 - np.asarray(prob_real, dtype=np.float64)), 1e-12, 1.0)
+    weights = np.ones(2) if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+    return float(np.sum(weights[labels] * -np.log(prob)) / np.sum(weights[labels]))
+
+
+def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None):
     """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
 
     Shared by head training and end-to-end fine-tuning; each argument maps "val"
-    and "test" to that split's ids, 0/1 labels, prob_real and loss.
+    and "test" to that split's ids, 0/1 labels, prob_real and loss. With
+    `groups` (split -> `presence_groups`), each split's metrics gain
+    `by_presence`: the same metrics (and "tuned") for each group present, the
+    loss from `class_weights` as in training.
     """
     threshold = tune_threshold(labels["val"], probs["val"])
     metrics, predictions = {}, {}
     for name, prob in probs.items():
         metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
         metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        if groups is not None:
+            metrics[name]["by_presence"] = {}
+            for group in PRESENCE_GROUPS:
+                rows = np.asarray(groups[name]) == group
+                if rows.any():
+                    y, p = np.asarray(labels[name])[rows], np.asarray(prob)[rows]
+                    loss = weighted_log_loss(y, p, class_weights)
+                    metrics[name]["by_presence"][group] = {
+                        **compute_metrics(y, p, loss=loss),
+                        "tuned": compute_metrics(y, p, threshold=threshold, loss=loss)}
         predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
                              "pred": (prob > 0.5).astype(np.int64), "pred_tuned": (prob > threshold).astype(np.int64)}
     return metrics, predictions
@@ -105,3 +135,10 @@ SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "r
 def shown(metrics):
     """The headline metrics, rounded, for `Validation metrics: {...}` lines."""
     return {key: None if metrics[key] is None else round(metrics[key], 4) for key in SHOWN}
+
+
+def shown_by_presence(metrics):
+    """One line per presence group: rows, accuracy and macro-F1 at 0.5 ('' without by_presence)."""
+    groups = metrics.get("by_presence") or {}
+    return "; ".join(f"{group} {m['rows']} rows: accuracy {m['accuracy']:.4f}, f1_macro {m['f1_macro']:.4f}"
+                     for group, m in groups.items())

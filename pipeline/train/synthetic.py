@@ -17,8 +17,12 @@ SIGNALS = ("text", "both", "xor")
 
 
 def make_splits(rows, text_dim=768, image_dim=512, signal="both", seed=0, val_share=0.1, test_share=0.1,
-                strength=3.0, real_share=0.5):
-    """{"train", "val", "test"} CachedSplits drawn from one population, `rows` in all."""
+                strength=3.0, real_share=0.5, missing_image=0.0, missing_text=0.0, missing_in=("test",)):
+    """{"train", "val", "test"} CachedSplits drawn from one population, `rows` in all.
+
+    `missing_image` / `missing_text`: share of the rows of each split in `missing_in` whose image (title) is
+    missing, as stage one caches them: has_image (has_text) False and a zero vector; never both in one row.
+    """
     if signal not in SIGNALS:
         raise ValueError(f"signal {signal!r}: one of {SIGNALS}")
     rng = np.random.default_rng(seed)
@@ -37,7 +41,15 @@ def make_splits(rows, text_dim=768, image_dim=512, signal="both", seed=0, val_sh
     val_start = rows - round(val_share * rows) - round(test_share * rows)
     test_start = rows - round(test_share * rows)
     bounds = {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, rows)}
-    return {name: CachedSplit(ids[a:b], labels[a:b], text[a:b], image[a:b]) for name, (a, b) in bounds.items()}
+    has_text, has_image = np.ones(rows, dtype=bool), np.ones(rows, dtype=bool)
+    drawn = rng.random(rows)  # one draw per row: image missing below missing_image, title missing just above
+    for name in missing_in:
+        a, b = bounds[name]
+        has_image[a:b] = ~(drawn[a:b] < missing_image)
+        has_text[a:b] = ~((drawn[a:b] >= missing_image) & (drawn[a:b] < missing_image + missing_text))
+    text[~has_text], image[~has_image] = 0, 0
+    return {name: CachedSplit(ids[a:b], labels[a:b], text[a:b], image[a:b], has_text[a:b], has_image[a:b])
+            for name, (a, b) in bounds.items()}
 
 
 def _embed(rng, score, dim, strength):
