@@ -45,7 +45,22 @@ def metrics_section(metrics):
     note = paragraph(f"Top-level metrics use threshold 0.5; the tuned columns use {fmt(threshold)}, "
                      "tuned on validation only (optimistic on val itself, honest on test). Intervals, when shown, "
                      "are 95% bootstrap intervals.", note=True)
-    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note)
+    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
+               + presence_tables(metrics))
+
+
+def presence_tables(metrics):
+    """The same metrics per group of rows (both halves present, text only, image only) where a split has them."""
+    parts = []
+    for split in ("val", "test"):
+        groups = (metrics.get(split) or {}).get("by_presence") or {}
+        if not groups:
+            continue
+        names = list(dict.fromkeys(k for values in groups.values() for k, v in values.items() if _is_number(v)))
+        rows = [[name, *(_with_interval(values, name) for values in groups.values())] for name in names]
+        parts.append(f"<h3>{escape(split)} by presence of title and image</h3>"
+                     + table(["metric", *groups], rows))
+    return Raw("".join(parts))
 
 
 def _is_number(value):
