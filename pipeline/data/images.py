@@ -7,6 +7,8 @@ Normalisation happens later on whole batches (`pipeline.model.batch.pixel_values
 so the per-image work in the DataLoader workers is decode + resize only.
 """
 
+import hashlib
+import io
 import json
 import math
 import warnings
@@ -120,11 +122,25 @@ def checked_file(root, relative):
 
 
 def load_image(root, relative, settings):
+    return load_image_and_sha256(root, relative, settings)[0]
+
+
+def load_image_and_sha256(root, relative, settings):
+    """(pixels as `load_image` returns them, SHA-256 hex of the file's bytes).
+
+    The file is read once: the hash and the decoder see the same bytes, so a
+    duplicate check costs no second read (stage one stores the hash in the cache).
+    """
     path = checked_file(root, relative)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > settings.max_pixels:
                     raise BadImage("too_many_pixels", f"{width}x{height}")
@@ -141,7 +157,7 @@ def load_image(root, relative, settings):
         raise BadImage("not_an_image", str(relative)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
-    return resize_and_crop(rgb, settings.size)
+    return resize_and_crop(rgb, settings.size), digest
 
 
 def _request_draft(image, size):

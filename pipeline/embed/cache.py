@@ -4,6 +4,7 @@ Layout::
 
     <cache>/fingerprint.json             what the parts were built from (written first)
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
+                                         (id, label, text_emb, image_emb, image_sha256)
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
 
@@ -29,7 +30,10 @@ from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
-FORMAT_VERSION = 1
+# 2 added `image_sha256` (the image file's SHA-256, for `doctor`'s exact-duplicate check). Format 1 caches
+# still load (image_sha256 is None then); `embed` rebuilds them, since the version is part of the fingerprint.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
@@ -47,6 +51,7 @@ class CachedSplit:
     labels: np.ndarray  # (N,) int64
     text_emb: np.ndarray  # (N, Dt) float32
     image_emb: np.ndarray  # (N, Di) float32
+    image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a format 1 cache
 
     def __len__(self):
         return len(self.ids)
@@ -70,13 +75,17 @@ def _embedding_array(matrix, dtype):
     return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])
 
 
-def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None):
-    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}."""
+def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None, image_sha256=None):
+    """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int},
+    `image_sha256` one hex string per row ("" or None: unknown)."""
+    ids = list(ids)
+    digests = [""] * len(ids) if image_sha256 is None else [digest or "" for digest in image_sha256]
     table = pa.table({
-        "id": pa.array(list(ids), type=pa.string()),
+        "id": pa.array(ids, type=pa.string()),
         "label": pa.array(np.asarray(labels, dtype=np.int8), type=pa.int8()),
         "text_emb": _embedding_array(text_emb, dtype),
         "image_emb": _embedding_array(image_emb, dtype),
+        "image_sha256": pa.array(digests, type=pa.string()),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -140,9 +149,10 @@ def check_manifest(manifest, path):
     if not isinstance(manifest, dict):
         bad(f"expected a JSON object, found {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UserError(
-            f"{path}: cache format {version!r}, this version reads format {FORMAT_VERSION}; "
+            f"{path}: cache format {version!r}, this version reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "re-embed with `make embed` to rebuild it"
         )
     dims = manifest.get("dims")
@@ -202,6 +212,8 @@ def load_split(cache_dir, split, verify=True):
     labels = np.empty(rows, dtype=np.int64)
     text = np.empty((rows, dims["text"]), dtype=np.float32)
     image = np.empty((rows, dims["image"]), dtype=np.float32)
+    digests = np.full(rows, "", dtype=object)
+    has_digests = manifest["format_version"] >= 2
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -215,6 +227,11 @@ def load_split(cache_dir, split, verify=True):
             raise UserError(f"{path}: more rows than the manifest records; re-embed the cache")
         ids[start:stop] = table.column("id").to_pylist()
         labels[start:stop] = table.column("label").to_numpy()
+        if has_digests:
+            if "image_sha256" not in table.column_names:
+                raise UserError(f"{path}: no image_sha256 column in a format {manifest['format_version']} cache; "
+                                "re-embed the cache")
+            digests[start:stop] = table.column("image_sha256").to_pylist()
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -223,7 +240,8 @@ def load_split(cache_dir, split, verify=True):
     # Arrow's allocator keeps the freed part buffers for reuse; hand them back so that
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
-    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image)
+    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image,
+                       image_sha256=digests if has_digests else None)
 
 
 def _read_part(path):
@@ -301,8 +319,9 @@ def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint=
         dims = {"text": data.text_emb.shape[1], "image": data.image_emb.shape[1]}
         for index, start in enumerate(range(0, len(data), part_rows)):
             rows = slice(start, start + part_rows)
+            digests = None if data.image_sha256 is None else data.image_sha256[rows]
             write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
-                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype)
+                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype, image_sha256=digests)
     write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
     return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
                     inputs={}, dims=dims, config={"cache_dtype": dtype})

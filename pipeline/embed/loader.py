@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.images import BadImage, load_image
+from pipeline.data.images import BadImage, load_image_and_sha256
 from pipeline.model.batch import tokenize_titles
 
 
@@ -25,6 +25,7 @@ class RowBatch:
     pixels: torch.Tensor  # (len(good), S, S, 3) uint8
     text: dict  # tokenizer output for the good rows, padded to the longest
     truncated: list = field(default_factory=list)  # good rows whose title was cut at max_length tokens
+    sha256: list = field(default_factory=list)  # SHA-256 hex of each good row's image file (read once, by the worker)
 
     def pin_memory(self):
         self.pixels = self.pixels.pin_memory()
@@ -33,7 +34,7 @@ class RowBatch:
 
 
 class ImageRows(Dataset):
-    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None)."""
+    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None, image SHA-256 or None)."""
 
     def __init__(self, image_root, image_paths, settings):
         self.image_root = image_root
@@ -45,9 +46,10 @@ class ImageRows(Dataset):
 
     def __getitem__(self, row):
         try:
-            return row, load_image(self.image_root, self.image_paths[row], self.settings), None
+            pixels, digest = load_image_and_sha256(self.image_root, self.image_paths[row], self.settings)
+            return row, pixels, None, digest
         except BadImage as error:
-            return row, None, error.reason
+            return row, None, error.reason, None
 
 
 class Collate:
@@ -60,9 +62,9 @@ class Collate:
         self.size = size
 
     def __call__(self, items):
-        rows = [row for row, _, _ in items]
-        good = [i for i, (_, pixels, _) in enumerate(items) if pixels is not None]
-        bad = [(row, reason) for row, pixels, reason in items if pixels is None]
+        rows = [row for row, _, _, _ in items]
+        good = [i for i, (_, pixels, _, _) in enumerate(items) if pixels is not None]
+        bad = [(row, reason) for row, pixels, reason, _ in items if pixels is None]
         truncated = []
         if good:
             pixels = torch.from_numpy(np.stack([items[i][1] for i in good]))
@@ -74,7 +76,8 @@ class Collate:
         else:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
             text = {}
-        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated)
+        return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated,
+                        sha256=[items[i][3] for i in good])
 
 
 def plan_batches(rows_per_part, texts, batch_size):

@@ -257,7 +257,7 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
     good_rows = [batch.rows[i] for i in batch.good]
     _check_finite(vectors, good_rows, rows, config)
     parts.add(good_rows, vectors["text_emb"].float().cpu().numpy(), vectors["image_emb"].float().cpu().numpy(),
-              truncated=batch.truncated)
+              truncated=batch.truncated, sha256=batch.sha256)
     return len(good_rows)
 
 

@@ -46,12 +46,12 @@ class PartWriter:
         self.results.setdefault(row // self.part_rows, {})[row] = reason
         self.maybe_write(row // self.part_rows)
 
-    def add(self, rows, text, image, truncated=()):
+    def add(self, rows, text, image, truncated=(), sha256=None):
         for row in truncated:
             self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
         touched = set()
         for i, row in enumerate(rows):
-            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i])
+            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], sha256[i] if sha256 else "")
             touched.add(row // self.part_rows)
         for part in touched:
             self.maybe_write(part)
@@ -66,7 +66,7 @@ class PartWriter:
         self.futures.append(self.writer.submit(self._write, part, results, counts))
 
     def _write(self, part, results, counts):
-        ids, labels, text, image, skipped = [], [], [], [], []
+        ids, labels, text, image, digests, skipped = [], [], [], [], [], []
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
             if isinstance(result, str):
@@ -76,11 +76,12 @@ class PartWriter:
             labels.append(self.rows.labels[row])
             text.append(result[0])
             image.append(result[1])
+            digests.append(result[2])
         cache.write_part(
             cache.part_path(self.config.cache_dir, self.rows.split, part), ids, labels,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
-            skipped, dtype=self.config.cache_dtype, counts=counts,
+            skipped, dtype=self.config.cache_dtype, counts=counts, image_sha256=digests,
         )
 
     def _check_writer(self):
