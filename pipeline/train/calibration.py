@@ -11,7 +11,7 @@
 import numpy as np
 
 ECE_BINS = 15
-CALIBRATIONS = ("none", "temperature")
+CALIBRATIONS = ("off", "temperature")
 
 
 def expected_calibration_error(labels, prob_real, bins=ECE_BINS):

@@ -48,12 +48,13 @@ class TrainConfig:
     bootstrap: int = help_field("bootstrap resamples for the 95%% intervals (ci95) of every headline metric; "
                                 "0 disables them", default=1000)
     calibrate: str = help_field("temperature: fit one temperature on validation (stored with the head, applied to "
-                                "val/test and by predict); none: report the raw probabilities", default="none")
+                                "val/test and by predict); off: report the raw probabilities", default="off")
 
     def __post_init__(self):
         validate(
             *(whole(self, name, minimum) for name, minimum in
               (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0), ("bootstrap", 0))),
             number(self, "lr", above=0, below=10), number(self, "weight_decay", at_least=0, below=10),
-            one_of(self, "metric", STOP_METRICS), one_of(self, "calibrate", CALIBRATIONS), device_name(self), class_weights_mode(self),
+            one_of(self, "metric", STOP_METRICS), one_of(self, "calibrate", CALIBRATIONS), device_name(self),
+            class_weights_mode(self),
         )
