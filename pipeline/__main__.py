@@ -24,6 +24,7 @@ COMMANDS = {
     "ablate": "pipeline.train.ablate_cli",
     "finetune-e2e": "pipeline.e2e.cli",
     "bench": "pipeline.bench.cli",
+    "doctor": "pipeline.doctor.cli",
 }
 
 
