@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.data.splits import find_split_file, read_split
@@ -135,7 +134,8 @@ def _report(config, manifest, splits, pairs, checked, near, notes, device):
     conflicts = {kind: sum(1 for p in pairs if p["kind"] == kind and p["label"] != p["other_label"]) for kind in KINDS}
     placeholders = {name: info.get("placeholder_rows") for name, info in manifest["splits"].items()}
     return {
-        "cache_dir": str(config.cache_dir), "data_dir": config.data_dir and str(config.data_dir),
+        "format_version": manifest["format_version"], "cache_dir": str(config.cache_dir),
+        "data_dir": config.data_dir and str(config.data_dir),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "device": str(device), "checked": checked, "notes": notes,
         "class_balance": checks.class_balance(splits),
@@ -155,6 +155,11 @@ def summary_lines(report):
                      f"placeholder images {report['placeholder_rows'].get(name) or 0}")
     for kind in KINDS:
         state = "checked" if report["checked"][kind] else "NOT checked"
+        search = report["near_duplicate_search"].get(kind)
+        if search:  # a high median says the vectors hardly tell posts apart: read the pairs with care
+            state += ", median best cosine " + ", ".join(
+                f"{split} {info['median_best_cosine']:.3f}" for split, info in search.items()
+                if info["median_best_cosine"] is not None)
         lines.append(f"{kind.replace('_', ' ')} ({state}): {report['pairs'][kind]} cross-split pair(s), "
                      f"{report['label_conflicts'][kind]} with different labels")
     for name, info in report["cross_split_duplicates"].items():
@@ -174,6 +179,3 @@ def markdown(report):
     lines += [f"- {line}" for line in summary_lines(report)]
     return "\n".join(lines) + "\n"
 
-
-def share(values):
-    return float(np.mean(values)) if len(values) else None
