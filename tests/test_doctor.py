@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.doctor.checks import normalise_title
-from pipeline.doctor.near import nearest_train
+from pipeline.doctor.near import effective_dimensions, nearest_train
 from pipeline.embed.cache import CachedSplit, write_cache
 from tests.conftest import embed_flags, make_dataset
 
@@ -103,11 +103,10 @@ def test_nearest_train_is_exact_and_reports_collapse():
     centred = (train - train.mean(0)) / np.linalg.norm(train - train.mean(0), axis=1, keepdims=True)
     query = queries[0] - train.mean(0)
     assert found.cosine[0, 0] == pytest.approx(centred[10] @ query / np.linalg.norm(query), abs=1e-5)
-    # Vectors that differ along one direction only: centred, every pair has cosine +-1.
-    direction = rng.standard_normal(8).astype(np.float32)
-    line = 5.0 + rng.standard_normal((60, 1)).astype(np.float32) * direction
-    found, collapsed = nearest_train(line[:20], line[20:], 0.95)
-    assert collapsed and len(found.candidates) == 0
+    # Vectors that differ along two directions only (a plane): centred cosines say nothing about identity.
+    plane = 5.0 + rng.standard_normal((60, 2)).astype(np.float32) @ rng.standard_normal((2, 32)).astype(np.float32)
+    found, collapsed = nearest_train(plane[:20], plane[20:], 0.95)
+    assert collapsed and len(found.candidates) == 0 and effective_dimensions(plane) < 2.5
 
 
 def _synthetic_cache(folder, with_hashes):

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from pipeline.doctor.near import nearest_train
+from pipeline.doctor.near import effective_dimensions, nearest_train
 
 EVAL_SPLITS = ("val", "test")
 PROXY_COLUMNS = ("subreddit", "domain", "author")
@@ -59,10 +59,12 @@ def near_pairs(splits, column, threshold, device, kind):
     labels = {name: split.labels for name, split in splits.items()}
     ids = {name: split.ids for name, split in splits.items()}
     train = getattr(splits["train"], column)
+    dimensions = effective_dimensions(train)
     for split in [name for name in EVAL_SPLITS if name in splits]:
-        found, collapsed = nearest_train(getattr(splits[split], column), train, threshold, device)
+        found, collapsed = nearest_train(getattr(splits[split], column), train, threshold, device,
+                                         dimensions=dimensions)
         summary[split] = {"median_best_cosine": float(np.median(found.best)) if len(found.best) else None,
-                          "collapsed": collapsed}
+                          "collapsed": collapsed, "effective_dimensions": round(dimensions, 1)}
         if collapsed:
             continue
         for position, row in enumerate(found.candidates):

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 _BLOCK_VALUES = 1 << 25  # similarities per block (128 MB of float32)
+MIN_EFFECTIVE_DIMENSIONS = 5  # measured: demo's random CLIP about 2, MiniLM titles 26-41
+_SPREAD_SAMPLE = 20_000
 SCREEN_MARGIN = 0.01  # > the largest bfloat16 error of a unit-vector dot product (0.0039)
 
 
@@ -51,12 +53,26 @@ def _centred_unit(torch, matrix, mean, device):
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def nearest_train(queries, train, threshold, device=None, top_k=5, collapsed_share=0.5):
+def effective_dimensions(train, seed=0):
+    """Participation ratio (sum of eigenvalues)^2 / sum of squares, of the centred unit train vectors'
+    covariance: about how many directions the vectors really use. Near 1-2, every vector lies on a
+    line or a plane, cosines near +-1 are everywhere and say nothing about identity."""
+    train = np.asarray(train, dtype=np.float64)
+    if len(train) > _SPREAD_SAMPLE:
+        train = train[np.random.default_rng(seed).choice(len(train), _SPREAD_SAMPLE, replace=False)]
+    centred = train - train.mean(axis=0)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    eigenvalues = np.clip(np.linalg.eigvalsh(unit.T @ unit / max(len(unit), 1)), 0, None)
+    return float(eigenvalues.sum() ** 2 / max((eigenvalues ** 2).sum(), 1e-300))
+
+
+def nearest_train(queries, train, threshold, device=None, top_k=5, dimensions=None):
     """Neighbours of every query row among the train rows (both (N, D) float arrays).
 
-    Returns (Neighbours, collapsed): when at least `collapsed_share` of the queries reach the
-    threshold, the vectors do not separate distinct rows (e.g. a random image encoder):
-    `collapsed` is True and no exact pass is made (candidates empty).
+    Returns (Neighbours, collapsed): when the train vectors span fewer than MIN_EFFECTIVE_DIMENSIONS
+    effective dimensions, cosine does not tell distinct rows apart (e.g. a random image encoder):
+    `collapsed` is True and no exact pass is made (candidates empty). `dimensions`: effective_dimensions(train)
+    when already known.
     """
     import torch  # here: the doctor's CLI module must not import torch
 
@@ -73,7 +89,8 @@ def nearest_train(queries, train, threshold, device=None, top_k=5, collapsed_sha
             best[start:start + block] = (query @ screen.T).max(dim=1).values.float().cpu().numpy()  # (B,)
         candidates = np.flatnonzero(best >= threshold - SCREEN_MARGIN)
         k = min(top_k, reference.shape[0])
-        collapsed = rows > 0 and np.mean(best >= threshold) >= collapsed_share
+        dimensions = effective_dimensions(train) if dimensions is None else dimensions
+        collapsed = dimensions < MIN_EFFECTIVE_DIMENSIONS
         if collapsed:
             candidates = candidates[:0]
         index = np.empty((len(candidates), k), np.int64)

@@ -73,10 +73,10 @@ def run_doctor(config, log=print):
         collapsed = [split for split, info in near[kind].items() if info["collapsed"]]
         checked[kind] = not collapsed
         if collapsed:
-            median = max(near[kind][s]["median_best_cosine"] for s in collapsed)
-            notes.append(f"{kind.replace('_', '-')} check skipped for {', '.join(collapsed)}: most rows are within "
-                         f"cosine {config.threshold} of some train row (median best {median:.3f}), so these vectors "
-                         "do not tell distinct posts apart (a random or collapsed encoder, e.g. the demo's CLIP)")
+            dimensions = near[kind][collapsed[0]]["effective_dimensions"]
+            notes.append(f"{kind.replace('_', '-')} check skipped: the train vectors span about {dimensions} effective "
+                         "dimensions, so cosines near 1 are everywhere and do not tell distinct posts apart "
+                         "(a random or collapsed encoder, e.g. the demo's CLIP)")
 
     report = _report(config, manifest, splits, pairs, checked, near, notes, device)
     report["label_proxies"] = checks.label_proxies(proxies, labels) if proxies else {}
