@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from pipeline.errors import UserError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
+MAX_FILE_BYTES = 512 << 20  # the file is read whole (hash and decode from one read): no photo is this big
 _MAX_ASPECT = 64  # beyond this long/short ratio, resize only the part the centre crop keeps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -133,6 +134,8 @@ def load_image_and_sha256(root, relative, settings):
     """
     path = checked_file(root, relative)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BadImage("file_too_large", f"{relative}: over {MAX_FILE_BYTES >> 20} MB")
         data = path.read_bytes()
     except OSError as error:
         raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
