@@ -18,6 +18,7 @@ INPUT       ?= $(DEMO_DIR)/new_posts.tsv
 OUT         ?= $(RUN_DIR)/new_posts.predictions.csv
 PREDICT_FLAGS ?=
 DEVICE      ?= auto
+DOCTOR_FLAGS ?=
 NPROC       ?= 1
 EMBED_FLAGS ?=
 HEAD_FLAGS  ?=
@@ -35,7 +36,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate finetune-e2e predict report bench bench-gpu test lint clean
+.PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict report bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,8 +51,9 @@ $(VENV)/.installed: pyproject.toml
 demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo
 	$(PY) data/make_demo.py --out $(DEMO_DIR)
 
-demo: demo-data  ## the whole main job on the demo sample, offline: embed, train the head, ablate, classify new posts
+demo: demo-data  ## the whole main job on the demo sample, offline: embed, doctor, train the head, ablate, classify new posts
 	$(MAKE) --no-print-directory embed CACHE_DIR=runs/demo/cache
+	$(MAKE) --no-print-directory doctor CACHE_DIR=runs/demo/cache
 	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
 	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
 	$(MAKE) --no-print-directory predict RUN_DIR=runs/demo/head INPUT=$(DEMO_DIR)/new_posts.tsv \
@@ -68,6 +70,9 @@ train-head: $(INSTALL)  ## stage two: train the fusion head on the cache
 
 ablate: $(INSTALL)  ## stage two: modalities x fusion kinds x seeds on one cache
 	$(PY) -m pipeline ablate --cache-dir $(CACHE_DIR) --out $(ABLATE_DIR) --device $(DEVICE) $(ABLATE_FLAGS)
+
+doctor: $(INSTALL)  ## leakage check: cross-split duplicates, label conflicts, label proxies (<cache>/doctor/)
+	$(PY) -m pipeline doctor --cache-dir $(CACHE_DIR) --data-dir $(DATA_DIR) --device $(DEVICE) $(DOCTOR_FLAGS)
 
 finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and export them
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \

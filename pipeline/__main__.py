@@ -26,6 +26,7 @@ COMMANDS = {
     "predict": "pipeline.predict.cli",
     "bench": "pipeline.bench.cli",
     "report": "pipeline.report.cli",
+    "doctor": "pipeline.doctor.cli",
 }
 
 

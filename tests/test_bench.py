@@ -15,7 +15,7 @@ def test_bench_writes_every_figure(tiny_bert, tiny_clip, dataset, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--configs", "demo", "--demo-dir", str(dataset),
                  "--text-model", str(tiny_bert), "--rows-demo", "24", "--photos", "2", "--rss-rows", "10",
-                 "--load-rows", "500", "--head-rows", "2000", "--batch-size", "8"]) == 0
+                 "--load-rows", "500", "--head-rows", "2000", "--batch-size", "8", "--doctor-rows", "2000,400"]) == 0
     results = json.loads((out / "results.json").read_text())
     demo = results["embed"]["demo"]
     assert demo["rows_per_s"] > 0 and demo["efficiency"] > 0 and demo["speedup_vs_naive"] > 0
@@ -24,4 +24,5 @@ def test_bench_writes_every_figure(tiny_bert, tiny_clip, dataset, tmp_path):
     assert len(results["memory"]["peak_rss_mb"]) == 2
     assert results["cache"]["bytes_per_row_float16"] < results["cache"]["bytes_per_row_float32"]
     assert results["head"]["seconds_100k"] > 0 and results["head"]["speedup_vs_e2e"] > 0
+    assert results["doctor"]["seconds_100k_20k"] > 0 and results["doctor"]["found"] == results["doctor"]["planted"]
     assert "| `head.seconds_100k` |" in (out / "results.md").read_text()

@@ -34,8 +34,10 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
     parser.add_argument("--gpu-util", action="store_true",
                         help="sample GPU utilisation with nvidia-smi during the embed figures")
+    parser.add_argument("--doctor-rows", default="100000,20000",
+                        help="train,val+test rows of the doctor figure (synthetic vectors)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                        "embed,predict (needs embed),decode,memory,cache,head")
+                        "embed,predict (needs embed),decode,memory,cache,head,doctor")
 
 
 def run(args):
@@ -74,6 +76,11 @@ def run(args):
             results["decode"] = _step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1])
         if "memory" not in skip:
             results["memory"] = _step("memory", bench.bench_memory, work, text_model, demo / "clip", args.rss_rows)
+        if "doctor" not in skip:
+            from pipeline.bench.doctor import seconds_100k_20k
+
+            train_rows, eval_rows = (int(value) for value in args.doctor_rows.split(","))
+            results["doctor"] = _step("doctor", seconds_100k_20k, train_rows, eval_rows)
         if not needs_demo:
             return _finish(args.out, results)
         demo_data = EmbedConfig(data_dir=str(demo), text_model=str(text_model), clip_model=str(demo / "clip"),

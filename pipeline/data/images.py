@@ -7,6 +7,8 @@ Normalisation happens later on whole batches (`pipeline.model.batch.pixel_values
 so the per-image work in the DataLoader workers is decode + resize only.
 """
 
+import hashlib
+import io
 import json
 import math
 import warnings
@@ -19,6 +21,7 @@ from PIL import Image, ImageOps
 from pipeline.errors import UserError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
+MAX_FILE_BYTES = 512 << 20  # the file is read whole (hash and decode from one read): no photo is this big
 _MAX_ASPECT = 64  # beyond this long/short ratio, resize only the part the centre crop keeps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -120,12 +123,28 @@ def checked_file(root, relative):
 
 
 def load_image(root, relative, settings):
+    return load_image_and_sha256(root, relative, settings)[0]
+
+
+def load_image_and_sha256(root, relative, settings):
+    """(pixels as `load_image` returns them, SHA-256 hex of the file's bytes).
+
+    The file is read once: the hash and the decoder see the same bytes, so a
+    duplicate check costs no second read (stage one stores the hash in the cache).
+    """
     path = checked_file(root, relative)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BadImage("file_too_large", f"{relative}: over {MAX_FILE_BYTES >> 20} MB")
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image_pixels(image, settings, name=relative)
+            with Image.open(io.BytesIO(data)) as image:
+                return image_pixels(image, settings, name=relative), digest
     except BadImage:
         raise
     except Image.DecompressionBombError as error:

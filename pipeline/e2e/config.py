@@ -16,7 +16,8 @@ from pipeline.train.config import TrainConfig
 TEXT_MODES = ("full", "frozen", "lora")
 IMAGE_MODES = ("lora", "frozen", "full")
 TRAIN_DEFAULTS = {"max_epochs": 3, "patience": 2}  # stage two's TrainConfig defaults that fine-tuning changes
-TRAIN_FIELDS_UNUSED = ("lr", "batch_size", "device", "threads")  # replaced by --lr-encoder/--lr-head and data flags
+# replaced by --lr-encoder/--lr-head and data flags; calibration is train-head's alone
+TRAIN_FIELDS_UNUSED = ("lr", "batch_size", "device", "threads", "calibrate")
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def run_finetune(data, config, log=print):
         _tidy_checkpoints(out / "checkpoints", config.resume, log)
     trainer.accelerator.wait_for_everyone()  # no rank looks for a checkpoint rank 0 is removing
     trainer.train(resume_from_checkpoint=_newest_checkpoint(out / "checkpoints") if config.resume else None)
-    run = _evaluate(trainer, splits, datasets, weights)  # a collective: every rank takes part
+    run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
     resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
@@ -196,7 +196,7 @@ def _is_complete(checkpoint):
         return False
 
 
-def _evaluate(trainer, splits, datasets, weights):
+def _evaluate(trainer, splits, datasets, weights, train_config):
     """Stage two's scoring on the Trainer's predictions: threshold tuned on val, test scored once."""
     probs, losses, labels, ids = {}, {}, {}, {}
     for name in ("val", "test"):
@@ -216,7 +216,8 @@ def _evaluate(trainer, splits, datasets, weights):
                                     [row not in datasets[name].no_image for row in datasets[name].keep])
               for name in ("val", "test")}
     metrics, predictions = score_probabilities(ids, labels, probs, losses, groups=groups,
-                                               class_weights=weights.tolist())
+                                               class_weights=weights.tolist(), bootstrap=train_config.bootstrap,
+                                               seed=train_config.seed)
     fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
     return HeadRun(head=trainer.model.head, fit=fit, metrics=metrics, predictions=predictions,
                    class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None)

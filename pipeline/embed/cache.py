@@ -4,6 +4,7 @@ Layout::
 
     <cache>/fingerprint.json             what the parts were built from (written first)
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
+                                         (id, label, text_emb, image_emb, image_sha256)
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
     <cache>/partial.tsv                  rows kept with one modality: split, id, missing (image/text), reason
@@ -32,7 +33,11 @@ from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
-FORMAT_VERSION = 2  # 2: has_text/has_image columns, null vectors for a missing half, partial.tsv
+# 2 added has_text/has_image columns, null vectors for a missing half and partial.tsv; 3 added `image_sha256`
+# (the image file's SHA-256, for `doctor`'s exact-duplicate check). Older caches still load (every row whole,
+# no image hashes); `embed` rebuilds them, since the version is part of the fingerprint.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
@@ -54,6 +59,7 @@ class CachedSplit:
     image_emb: np.ndarray  # (N, Di) float32; zeros where has_image is False
     has_text: np.ndarray = None  # (N,) bool; None (all True) for splits built in memory without it
     has_image: np.ndarray = None  # (N,) bool
+    image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a cache before format 3
 
     def __post_init__(self):
         for name in ("has_text", "has_image"):
@@ -87,15 +93,17 @@ def _embedding_array(matrix, dtype, present):
 
 
 def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None,
-               has_text=None, has_image=None, partial=None):
+               has_text=None, has_image=None, partial=None, image_sha256=None):
     """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
 
     `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
     all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
+    `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image).
     """
     ids = list(ids)
     has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
     has_image = np.ones(len(ids), bool) if has_image is None else np.asarray(has_image, dtype=bool)
+    digests = [""] * len(ids) if image_sha256 is None else [digest or "" for digest in image_sha256]
     table = pa.table({
         "id": pa.array(ids, type=pa.string()),
         "label": pa.nulls(len(ids), pa.int8()) if labels is None
@@ -104,6 +112,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "has_image": pa.array(has_image, type=pa.bool_()),
         "text_emb": _embedding_array(text_emb, dtype, has_text),
         "image_emb": _embedding_array(image_emb, dtype, has_image),
+        "image_sha256": pa.array(digests, type=pa.string()),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -196,9 +205,10 @@ def check_manifest(manifest, path):
     if not isinstance(manifest, dict):
         bad(f"expected a JSON object, found {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UserError(
-            f"{path}: cache format {version!r}, this version reads format {FORMAT_VERSION}; "
+            f"{path}: cache format {version!r}, this version reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; "
             "re-embed with `make embed` to rebuild it"
         )
     dims = manifest.get("dims")
@@ -258,7 +268,9 @@ def load_split(cache_dir, split, verify=True):
     labels = np.empty(rows, dtype=np.int64)
     text = np.empty((rows, dims["text"]), dtype=np.float32)
     image = np.empty((rows, dims["image"]), dtype=np.float32)
-    has_text, has_image = np.empty(rows, dtype=bool), np.empty(rows, dtype=bool)
+    has_text, has_image = np.ones(rows, dtype=bool), np.ones(rows, dtype=bool)  # format 1: every row whole
+    digests = np.full(rows, "", dtype=object)
+    has_digests = manifest["format_version"] >= 3
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -273,7 +285,13 @@ def load_split(cache_dir, split, verify=True):
         ids[start:stop] = table.column("id").to_pylist()
         labels[start:stop] = table.column("label").fill_null(-1).to_numpy()
         for name, target in (("has_text", has_text), ("has_image", has_image)):
-            target[start:stop] = table.column(name).to_numpy(zero_copy_only=False)
+            if name in table.column_names:
+                target[start:stop] = table.column(name).to_numpy(zero_copy_only=False)
+        if has_digests:
+            if "image_sha256" not in table.column_names:
+                raise UserError(f"{path}: no image_sha256 column in a format {manifest['format_version']} cache; "
+                                "re-embed the cache")
+            digests[start:stop] = table.column("image_sha256").to_pylist()
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -282,7 +300,8 @@ def load_split(cache_dir, split, verify=True):
     # Arrow's allocator keeps the freed part buffers for reuse; hand them back so that
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
-    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image)
+    return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image,
+                       image_sha256=digests if has_digests else None)
 
 
 def _read_part(path):
@@ -393,9 +412,11 @@ def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint=
             partial = [{"id": str(data.ids[i]), "row": i, "missing": "image" if data.has_text[i] else "text",
                         "reason": "synthetic"} for i in range(len(data))[rows]
                        if not (data.has_text[i] and data.has_image[i])]
+            digests = None if data.image_sha256 is None else data.image_sha256[rows]
             write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
                        data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype,
-                       has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial)
+                       has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial,
+                       image_sha256=digests)
     write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
     return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
                     inputs={}, dims=dims, config={"cache_dtype": dtype})

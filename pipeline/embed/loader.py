@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.images import BadImage, load_image
+from pipeline.data.images import BadImage, load_image_and_sha256
 from pipeline.model.batch import tokenize_titles
 
 
@@ -27,6 +27,7 @@ class RowBatch:
     truncated: list = field(default_factory=list)  # tokenised rows whose title was cut at max_length tokens
     titled: list = field(default_factory=list)  # positions in `rows` whose title is embedded
     missing: dict = field(default_factory=dict)  # kept row -> ("image" or "text", reason): a half-post
+    sha256: dict = field(default_factory=dict)  # row -> SHA-256 hex of its image file (read once, by the worker)
 
     def pin_memory(self):
         self.pixels = self.pixels.pin_memory()
@@ -35,7 +36,7 @@ class RowBatch:
 
 
 class ImageRows(Dataset):
-    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None).
+    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None, image SHA-256 or None).
 
     `no_image` maps rows whose image is known to be unusable (a placeholder kept text-only) to the reason;
     they are not decoded.
@@ -52,11 +53,12 @@ class ImageRows(Dataset):
 
     def __getitem__(self, row):
         if row in self.no_image:
-            return row, None, self.no_image[row]
+            return row, None, self.no_image[row], None
         try:
-            return row, load_image(self.image_root, self.image_paths[row], self.settings), None
+            pixels, digest = load_image_and_sha256(self.image_root, self.image_paths[row], self.settings)
+            return row, pixels, None, digest
         except BadImage as error:
-            return row, None, error.reason
+            return row, None, error.reason, None
 
 
 class Collate:
@@ -76,9 +78,9 @@ class Collate:
         self.text_only = text_only
 
     def __call__(self, items):
-        rows = [row for row, _, _ in items]
+        rows = [row for row, _, _, _ in items]
         good, titled, bad, missing = [], [], [], {}
-        for i, (row, pixels, reason) in enumerate(items):
+        for i, (row, pixels, reason, _) in enumerate(items):
             has_title = bool(self.texts[row])
             if pixels is not None:
                 good.append(i)
@@ -103,7 +105,7 @@ class Collate:
         else:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
         return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated,
-                        titled=titled, missing=missing)
+                        titled=titled, missing=missing, sha256={items[i][0]: items[i][3] for i in good})
 
 
 def plan_batches(rows_per_part, texts, batch_size):

@@ -49,14 +49,16 @@ class PartWriter:
         self.results.setdefault(row // self.part_rows, {})[row] = reason
         self.maybe_write(row // self.part_rows)
 
-    def add(self, rows, text, image, truncated=(), missing=None):
-        """`text[i]`, `image[i]`: row i's vectors, None for a missing half; `missing`: row -> (half, reason)."""
-        missing = missing or {}
+    def add(self, rows, text, image, truncated=(), missing=None, sha256=None):
+        """`text[i]`, `image[i]`: row i's vectors, None for a missing half; `missing`: row -> (half, reason);
+        `sha256`: row -> the SHA-256 hex of its image file (rows without an image have none)."""
+        missing, sha256 = missing or {}, sha256 or {}
         for row in truncated:
             self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
         touched = set()
         for i, row in enumerate(rows):
-            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], missing.get(row))
+            self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], missing.get(row),
+                                                                       sha256.get(row, ""))
             touched.add(row // self.part_rows)
         for part in touched:
             self.maybe_write(part)
@@ -71,7 +73,7 @@ class PartWriter:
         self.futures.append(self.writer.submit(self._write, part, results, counts))
 
     def _write(self, part, results, counts):
-        ids, labels, text, image, skipped, partial = [], [], [], [], [], []
+        ids, labels, text, image, digests, skipped, partial = [], [], [], [], [], [], []
         zeros = {name: np.zeros(self.dims[name], np.float32) for name in ("text", "image")}
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
@@ -82,6 +84,7 @@ class PartWriter:
             labels.append(self.rows.labels[row] if self.rows.labelled else None)
             text.append(zeros["text"] if result[0] is None else result[0])
             image.append(zeros["image"] if result[1] is None else result[1])
+            digests.append(result[3])
             if result[2] is not None:
                 partial.append({"id": self.rows.ids[row], "row": row, "missing": result[2][0],
                                 "reason": result[2][1]})
@@ -94,7 +97,7 @@ class PartWriter:
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
             skipped, dtype=self.config.cache_dtype, counts=counts,
             has_text=[(row, "text") not in absent for row in kept],
-            has_image=[(row, "image") not in absent for row in kept], partial=partial,
+            has_image=[(row, "image") not in absent for row in kept], partial=partial, image_sha256=digests,
         )
 
     def _check_writer(self):

@@ -2,6 +2,11 @@
 
 Fusion only exists when both modalities are read, so a single-modality variant
 is trained once per seed, not once per fusion kind (its fusion shows as "-").
+
+Every variant is compared with a reference variant (default: text only) on the
+same test rows at threshold 0.5: the difference in macro-F1 and accuracy, its
+paired-bootstrap 95% interval and a two-sided p-value, per seed (columns of
+ablation.csv) and pooled over seeds (the table; `*` marks an interval without 0).
 """
 
 import json
@@ -9,11 +14,14 @@ from dataclasses import replace
 
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.model.config import parse_modalities
+from pipeline.train.bootstrap import excludes_zero, paired_difference
 from pipeline.train.fit import train_head
 
 NO_FUSION = "-"
 SUMMARY = (("val", "f1_macro"), ("test", "f1_macro"), ("val", "accuracy"), ("test", "accuracy"))
+COMPARED = ("f1_macro", "accuracy")  # test metrics compared with the reference, at threshold 0.5
 
 
 def variants(modalities_options, fusions):
@@ -26,21 +34,70 @@ def variants(modalities_options, fusions):
     return result
 
 
-def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None):
-    """One row per run (variant x seed) with every scalar metric of val and test."""
+def variant_name(modalities, fusion):
+    """`text`, `text+image/gated`: how --reference names a variant."""
+    return "+".join(modalities) + ("" if fusion == NO_FUSION else f"/{fusion}")
+
+
+def find_reference(grid, reference=None):
+    """The (modalities, fusion) of --reference in the grid; default the text-only variant, else the first."""
+    if reference is None:
+        return next((v for v in grid if v[0] == ("text",)), grid[0])
+    name, _, fusion = reference.partition("/")
+    try:
+        wanted = (parse_modalities(name.replace("+", ",")), fusion or None)
+    except UserError:
+        wanted = None
+    for modalities, kind in grid:
+        if wanted and modalities == wanted[0] and (wanted[1] in (None, kind) or kind == NO_FUSION):
+            return modalities, kind
+    raise UserError(f"--reference {reference!r}: not a variant of this grid; use one of: "
+                    f"{', '.join(variant_name(*v) for v in grid)}")
+
+
+def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None, reference=None):
+    """One row per run (variant x seed) with every scalar metric of val and test, and its paired comparison
+    with the reference variant of the same seed; `.attrs["pooled"]` holds the comparisons pooled over seeds."""
     grid = [(modalities, fusion, seed) for modalities, fusion in variants(modalities_options, fusions)
             for seed in seeds]
-    rows = []
+    ref = find_reference(variants(modalities_options, fusions), reference)
+    rows, test_probs = [], {}
     for number, (modalities, fusion, seed) in enumerate(grid, start=1):
         head = replace(head_config, modalities=modalities,
                        fusion=head_config.fusion if fusion == NO_FUSION else fusion)
         run = train_head(splits, head, replace(train_config, seed=seed))
         rows.append(_row(modalities, fusion, seed, run))
+        test_probs[(modalities, fusion, seed)] = run.predictions["test"]["prob_real"]
         if log:
             log(f"[{number}/{len(grid)}] {rows[-1]['modalities']} {fusion} seed {seed}: "
                 f"val f1_macro {rows[-1]['val_f1_macro']:.4f}, test f1_macro {rows[-1]['test_f1_macro']:.4f} "
                 f"({run.seconds:.1f} s, best epoch {run.fit.best_epoch})")
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    pooled = compare_with_reference(runs, test_probs, splits["test"].labels, ref, train_config)
+    runs.attrs["pooled"] = pooled
+    runs.attrs["reference"] = variant_name(*ref)
+    return runs
+
+
+def compare_with_reference(runs, test_probs, labels, ref, train_config):
+    """Fill each run's comparison columns in `runs`; return the pooled comparisons, one dict per variant."""
+    seeds = sorted({key[2] for key in test_probs}, key=list(runs["seed"]).index)
+    pooled, reference_name = [], variant_name(*ref)
+    for variant in dict.fromkeys(key[:2] for key in test_probs):
+        pairs = {seed: (test_probs[(*ref, seed)], 0.5, test_probs[(*variant, seed)], 0.5) for seed in seeds}
+        for seed, pair in pairs.items():
+            result = paired_difference(labels, [pair], COMPARED, train_config.bootstrap or 1000, seed)
+            index = runs.index[(runs["modalities"] == "+".join(variant[0])) & (runs["fusion"] == variant[1])
+                               & (runs["seed"] == seed)][0]
+            runs.loc[index, "reference"] = reference_name
+            for metric, values in result.items():
+                for key, value in values.items():
+                    runs.loc[index, f"test_{metric}_diff" + ("" if key == "diff" else f"_{key}")] = value
+        result = paired_difference(labels, list(pairs.values()), COMPARED, train_config.bootstrap or 1000, 0)
+        pooled.append({"modalities": "+".join(variant[0]), "fusion": variant[1], "reference": reference_name,
+                       **{f"test_{m}_diff" + ("" if k == "diff" else f"_{k}"): v
+                          for m, values in result.items() for k, v in values.items()}})
+    return pooled
 
 
 def _row(modalities, fusion, seed, run):
@@ -78,18 +135,38 @@ def summarize(runs):
     return summary.reset_index()
 
 
-def markdown_table(summary):
+def markdown_table(summary, pooled=None):
+    """The mean ± std table; per presence group present, a test macro-F1 column; with `pooled` comparisons,
+    one more column per compared metric: `+0.012 [-0.004, 0.028] p=0.15` against the reference, `*` when
+    the interval excludes 0."""
     extra = [c.removesuffix("_mean") for c in summary.columns if c.startswith("test_") and c.endswith("_f1_macro_mean")
              and c.removesuffix("_f1_macro_mean").removeprefix("test_") in ("both", "text_only", "image_only")]
+    comparisons = {(c["modalities"], c["fusion"]): c for c in pooled or []}
+    reference = next(iter(comparisons.values()))["reference"] if comparisons else None
     header = ["modalities", "fusion", "runs"] + [f"{split} {metric}" for split, metric in SUMMARY]
     header += [f"test f1_macro {c.removeprefix('test_').removesuffix('_f1_macro')}" for c in extra]
+    header += [f"Δ test {metric} vs {reference} [95% CI]" for metric in COMPARED] if comparisons else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [row["modalities"], row["fusion"], str(row["runs"])]
         cells += [_mean_std(row[f"{split}_{metric}_mean"], row[f"{split}_{metric}_std"]) for split, metric in SUMMARY]
         cells += [_mean_std(row[f"{c}_mean"], row[f"{c}_std"]) for c in extra]
+        if comparisons:
+            compared = comparisons.get((row["modalities"], row["fusion"]))
+            cells += [_difference(compared, metric) for metric in COMPARED]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _difference(compared, metric):
+    if compared is None:
+        return ""
+    diff, low, high, p = (compared[f"test_{metric}_diff{suffix}"] for suffix in ("", "_low", "_high", "_p"))
+    if compared["modalities"] + ("" if compared["fusion"] == NO_FUSION else "/" + compared["fusion"]) \
+            == compared["reference"]:
+        return "reference"
+    mark = " *" if excludes_zero(low, high) else ""
+    return f"{diff:+.4f} [{low:+.3f}, {high:+.3f}] p={p:.3f}{mark}"
 
 
 def _mean_std(mean, std):

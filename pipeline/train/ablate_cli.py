@@ -2,8 +2,11 @@
 
 Loads the cache once, trains every variant with the same training flags (each
 with early stopping and a validation-tuned threshold, as `train-head` does),
-prints the table and writes ablation.csv (one row per run, every metric),
-ablation.md (the table) and config.json into --out.
+compares every variant with a reference (--reference, default text only) on the
+same test rows (paired bootstrap: difference, 95% interval, p-value; per seed and
+pooled), prints the table and writes ablation.csv (one row per run, every metric
+and its comparison), comparisons.csv (pooled over seeds), ablation.md (the table)
+and config.json into --out.
 """
 
 from dataclasses import asdict, replace
@@ -26,6 +29,11 @@ def add_arguments(parser):
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS),
                         help=f"fusion kinds for the two-modality sets: any of {', '.join(FUSIONS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every variant")
+    parser.add_argument("--reference", default=None,
+                        help="the variant every other is compared with, as text, image, text+image/gated; "
+                             "None means the text-only variant (else the first of the grid)")
+    parser.add_argument("--eval-ids", default=None,
+                        help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
     add_report_argument(parser)
@@ -41,28 +49,41 @@ def run(args):
     out = claim_out(args.out, args.overwrite, "ablate")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
-    from pipeline.train.ablate import markdown_table, run_ablation, summarize, variants
+    from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
     from pipeline.train.fit import load_cached_splits
     from pipeline.train.plots import plot_ablation
     from pipeline.train.run_folder import resolved_config, write_csv
 
     grid = variants(args.modalities, args.fusions)
+    find_reference(grid, args.reference)  # a bad --reference fails before any training
     manifest, splits = load_cached_splits(args.cache_dir)
+    eval_ids = None
+    if args.eval_ids:
+        from pipeline.train.eval_ids import describe, read_eval_ids, restrict
+
+        splits, counts = restrict(splits, read_eval_ids(args.eval_ids), args.eval_ids)
+        eval_ids = {"file": str(args.eval_ids), "rows": counts}
+        print(f"Evaluation: {describe(counts, args.eval_ids)}")
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
-    runs = run_ablation(splits, head_config, train_config, args.modalities, args.fusions, args.seeds, log=print)
-    table = markdown_table(summarize(runs))
+    runs = run_ablation(splits, head_config, train_config, args.modalities, args.fusions, args.seeds, log=print,
+                        reference=args.reference)
+    table = markdown_table(summarize(runs), runs.attrs["pooled"])
     out = output_folder(out, "--out")
     write_csv(out / "ablation.csv", runs)
+    write_csv(out / "comparisons.csv", runs.attrs["pooled"])
     write_text_atomic(out / "ablation.md", table)
-    grid_config = {"modalities": args.modalities, "fusions": args.fusions, "seeds": args.seeds}
+    grid_config = {"modalities": args.modalities, "fusions": args.fusions, "seeds": args.seeds,
+                   "reference": runs.attrs["reference"], "eval_ids": eval_ids}
     # The grid sets modalities, fusion and seed per run; the rest is shared by every run.
     shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion")}
     write_json_atomic(out / "config.json", resolved_config("ablate", args.cache_dir, manifest, grid=grid_config,
                                                            head=shared_head, train=train_config,
                                                            resolved={"threads": torch.get_num_threads()}))
+    print(f"Test rows: {len(splits['test'])}{' (eval-ids only)' if eval_ids else ''}. Δ columns: paired bootstrap "
+          f"against {runs.attrs['reference']} on the same rows, pooled over seeds; * = the 95% interval excludes 0")
     print(table, end="")
     plot_ablation(runs, out / "ablation_f1.png")
-    print(f"Ablation folder: {out} (ablation.csv, ablation.md, ablation_f1.png, config.json)")
+    print(f"Ablation folder: {out} (ablation.csv, comparisons.csv, ablation.md, ablation_f1.png, config.json)")
     report_if_asked(args, out)
     return 0

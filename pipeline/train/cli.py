@@ -6,6 +6,9 @@ validation metric (restoring the best epoch), tunes the decision threshold on
 validation, scores test once, and writes a run folder: config.json,
 metrics.json, epochs.csv, predictions_{val,test}.csv, head/ (safetensors) and
 PNG plots. Top-level metrics use threshold 0.5; "tuned" holds the tuned ones.
+Every headline metric gets a 95% bootstrap interval (--bootstrap), ECE and Brier
+score; --calibrate temperature fits a temperature on validation and stores it
+with the head; --eval-ids scores val and test only on the listed rows.
 """
 
 from dataclasses import replace
@@ -23,6 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out that is not a train-head run folder (same-named files "
                              "are replaced, others left)")
+    parser.add_argument("--eval-ids", default=None,
+                        help="score val and test only on these rows: a `split<TAB>id` TSV as `doctor "
+                             "--write-clean-ids` writes it, or one id a line")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig)
     add_report_argument(parser)
@@ -37,21 +43,40 @@ def run(args):
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.fit import load_cached_splits, train_head
-    from pipeline.train.metrics import shown, shown_by_presence
+    from pipeline.train.metrics import shown, shown_by_presence, with_intervals
     from pipeline.train.run_folder import encoders_from_manifest, resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
+    eval_ids = None
+    if args.eval_ids:
+        from pipeline.train.eval_ids import describe, read_eval_ids, restrict
+
+        splits, counts = restrict(splits, read_eval_ids(args.eval_ids), args.eval_ids)
+        eval_ids = {"file": str(args.eval_ids), "rows": counts}
+        print(f"Evaluation: {describe(counts, args.eval_ids)}")
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "
           f"({', '.join(f'{name} {len(split)}' for name, split in splits.items())} rows)")
     result = train_head(splits, head_config, train_config, log=print)
     config = resolved_config("train-head", args.cache_dir, manifest, head=head_config, train=train_config,
                              resolved={"device": result.device, "threads": torch.get_num_threads(),
-                                       "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch})
+                                       "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch,
+                                       "eval_ids": eval_ids, "temperature": result.temperature})
+    if eval_ids:
+        for split in ("val", "test"):
+            result.metrics[split]["eval_ids"] = {"file": eval_ids["file"], **eval_ids["rows"][split]}
     out = write_run(out, result, config, encoders=encoders_from_manifest(manifest))
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
         print(f"{label} by presence: {shown_by_presence(result.metrics[split])}")
+    for label, split in (("Validation", "val"), ("Test", "test")):
+        metrics = result.metrics[split]
+        print(f"{label} ({metrics['rows']} rows{', eval-ids only' if eval_ids else ''}; 95% bootstrap intervals): "
+              f"{with_intervals(metrics)}; ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}")
+    if result.temperature is not None:
+        calibration = result.metrics["test"]["calibration"]
+        print(f"Temperature fitted on validation: T = {result.temperature:.3f}; test ECE "
+              f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} (stored in head/head_config.json)")
     tuned = result.metrics["test"]["tuned"]
     print(f"Threshold tuned on validation: {tuned['threshold']:.4f} -> "
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")

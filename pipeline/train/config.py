@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from pipeline.config import device_name, help_field, number, one_of, validate, whole
+from pipeline.train.calibration import CALIBRATIONS
 
 STOP_METRICS = ("f1_macro", "accuracy", "roc_auc", "pr_auc", "f1_fake", "f1_real", "loss")
 WEIGHT_MODES = "balanced, none, or one positive number per class such as 1.0,2.5"
@@ -47,12 +48,17 @@ class TrainConfig:
     threads: int = help_field("torch CPU threads; 0 leaves torch's default (one per core). On a machine busy "
                               "with other work, 1 can be several times faster than threads that wait on each other",
                               default=0)
+    bootstrap: int = help_field("bootstrap resamples for the 95%% intervals (ci95) of every headline metric; "
+                                "0 disables them", default=1000)
+    calibrate: str = help_field("temperature: fit one temperature on validation (stored with the head, applied to "
+                                "val/test and by predict); off: report the raw probabilities", default="off")
 
     def __post_init__(self):
         validate(
             *(whole(self, name, minimum) for name, minimum in
-              (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0))),
+              (("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("threads", 0), ("bootstrap", 0))),
             number(self, "lr", above=0, below=10), number(self, "weight_decay", at_least=0, below=10),
             number(self, "modality_dropout", at_least=0, below=1),
-            one_of(self, "metric", STOP_METRICS), device_name(self), class_weights_mode(self),
+            one_of(self, "metric", STOP_METRICS), one_of(self, "calibrate", CALIBRATIONS), device_name(self),
+            class_weights_mode(self),
         )

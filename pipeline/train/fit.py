@@ -20,6 +20,7 @@ from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead, drop_modalities
+from pipeline.train.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
 from pipeline.train.run_folder import FitResult, HeadRun
@@ -170,18 +171,51 @@ def train_head(splits, head_config, train_config, log=None):
     data = {name: (to_features(splits[name], device), torch.from_numpy(splits[name].labels).to(device))
             for name in SPLITS}
     result = fit(head, data["train"], data["val"], train_config, weights, log)
-    metrics, predictions = evaluate(head, splits, data, weights)
+    metrics, predictions, temperature = evaluate(head, splits, data, weights, train_config)
     return HeadRun(head=head, fit=result, metrics=metrics, predictions=predictions,
-                   class_weights=weights.tolist(), device=str(device), seconds=time.perf_counter() - started)
+                   class_weights=weights.tolist(), device=str(device), seconds=time.perf_counter() - started,
+                   temperature=temperature)
 
 
-def evaluate(model, splits, data, weights):
-    """Score val and test (see score_probabilities) with the model's predicted probabilities."""
+@torch.no_grad()
+def predict_margins(model, features):
+    """logit_real - logit_fake as float64 NumPy (N,): what temperature scaling divides."""
+    model.eval()
+    rows = next(iter(features.values())).shape[0]
+    logits = torch.cat([model({k: v[start:start + EVAL_BATCH] for k, v in features.items()})
+                        for start in range(0, rows, EVAL_BATCH)]).double()  # (N, 2)
+    return (logits[:, 1] - logits[:, 0]).cpu().numpy()
+
+
+def evaluate(model, splits, data, weights, config):
+    """(metrics, predictions, temperature): val and test scored (see score_probabilities).
+
+    With `config.calibrate == "temperature"` one temperature is fitted on validation and
+    every reported probability is calibrated (the threshold is then tuned on calibrated
+    probabilities); each split's metrics get a `calibration` dict with ECE and Brier
+    before and after. The loss stays the model's own (uncalibrated) loss.
+    """
     outputs = {name: predict(model, *data[name], weights) for name in ("val", "test")}
-    return score_probabilities(
-        ids={name: splits[name].ids for name in outputs}, labels={name: splits[name].labels for name in outputs},
-        probs={name: prob for name, (prob, _) in outputs.items()},
+    labels = {name: splits[name].labels for name in outputs}
+    probs = {name: prob for name, (prob, _) in outputs.items()}
+    temperature, calibration = None, {}
+    if config.calibrate == "temperature":
+        margins = {name: predict_margins(model, data[name][0]) for name in outputs}
+        temperature = fit_temperature(margins["val"], labels["val"])
+        calibrated = {name: apply_temperature(margin, temperature) for name, margin in margins.items()}
+        calibration = {name: {
+            "method": "temperature", "temperature": temperature,
+            "ece_before": expected_calibration_error(labels[name], probs[name]),
+            "ece_after": expected_calibration_error(labels[name], calibrated[name]),
+            "brier_before": brier_score(labels[name], probs[name]),
+            "brier_after": brier_score(labels[name], calibrated[name])} for name in outputs}
+        probs = calibrated
+    metrics, predictions = score_probabilities(
+        ids={name: splits[name].ids for name in outputs}, labels=labels, probs=probs,
         losses={name: loss for name, (_, loss) in outputs.items()},
         groups={name: presence_groups(splits[name].has_text, splits[name].has_image) for name in outputs},
-        class_weights=weights.tolist(),
+        class_weights=weights.tolist(), bootstrap=config.bootstrap, seed=config.seed,
     )
+    for name, values in calibration.items():
+        metrics[name]["calibration"] = values
+    return metrics, predictions, temperature

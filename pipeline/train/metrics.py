@@ -8,11 +8,16 @@ Conventions:
 - roc_auc, pr_auc: threshold-free, with real as the positive class; pr_auc is
   average precision. Both are None (JSON null) when the data has one class.
 - confusion_matrix: rows = true fake, true real; columns = predicted fake, real.
+- ece (15 equal-width confidence bins) and brier: is prob_real a probability? (calibration.py)
+- ci95 (score_probabilities only): {metric: [low, high]}, a seeded 95% percentile
+  bootstrap over rows of accuracy, f1_macro, f1_fake, f1_real, roc_auc, pr_auc (bootstrap.py).
 """
 
 import numpy as np
 
 from pipeline.data.splits import CLASS_NAMES
+from pipeline.train.bootstrap import bootstrap_ci, with_interval
+from pipeline.train.calibration import brier_score, expected_calibration_error
 
 
 def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
@@ -35,6 +40,8 @@ def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
     one_class = len(np.unique(labels)) < 2
     metrics["roc_auc"] = None if one_class else float(roc_auc_score(labels, prob_real))
     metrics["pr_auc"] = None if one_class else float(average_precision_score(labels, prob_real))
+    metrics["ece"] = expected_calibration_error(labels, prob_real)
+    metrics["brier"] = brier_score(labels, prob_real)
     metrics["confusion_matrix"] = confusion.tolist()
     metrics["loss"] = None if loss is None else float(loss)
     metrics["threshold"] = float(threshold)
@@ -99,20 +106,25 @@ def weighted_log_loss(labels, prob_real, class_weights=None):
     return float(np.sum(weights[labels] * -np.log(prob)) / np.sum(weights[labels]))
 
 
-def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None):
+def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0):
     """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
 
     Shared by head training and end-to-end fine-tuning; each argument maps "val"
     and "test" to that split's ids, 0/1 labels, prob_real and loss. With
     `groups` (split -> `presence_groups`), each split's metrics gain
     `by_presence`: the same metrics (and "tuned") for each group present, the
-    loss from `class_weights` as in training.
+    loss from `class_weights` as in training. With `bootstrap` > 0 resamples,
+    the split's metrics dicts get `ci95` (seeded by `seed`; the tuned threshold
+    is held fixed inside the resamples).
     """
     threshold = tune_threshold(labels["val"], probs["val"])
     metrics, predictions = {}, {}
     for name, prob in probs.items():
         metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
         metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        if bootstrap:
+            for values in (metrics[name], metrics[name]["tuned"]):
+                values["ci95"] = bootstrap_ci(labels[name], prob, values["threshold"], bootstrap, seed)
         if groups is not None:
             metrics[name]["by_presence"] = {}
             for group in PRESENCE_GROUPS:
@@ -142,3 +154,7 @@ def shown_by_presence(metrics):
     groups = metrics.get("by_presence") or {}
     return "; ".join(f"{group} {m['rows']} rows: accuracy {m['accuracy']:.4f}, f1_macro {m['f1_macro']:.4f}"
                      for group, m in groups.items())
+def with_intervals(metrics, names=("accuracy", "f1_macro", "f1_fake", "f1_real", "roc_auc", "pr_auc")):
+    """`accuracy 0.874 [0.83, 0.92], f1_macro ...`: each metric with its 95% interval when it has one."""
+    intervals = metrics.get("ci95") or {}
+    return ", ".join(f"{name} {with_interval(metrics[name], intervals.get(name))}" for name in names)

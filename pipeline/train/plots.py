@@ -1,4 +1,4 @@
-"""PNG plots of a head run: training curves, confusion matrices, ROC and PR curves.
+"""PNG plots of a head run: training curves, confusion matrices, ROC and PR curves, reliability diagram.
 
 Figures are built with matplotlib's object API (no pyplot), so plotting never
 touches a display or global state; matplotlib is imported only when plotting.
@@ -87,4 +87,21 @@ def plot_ablation(runs, path, metric="test_f1_macro"):
     low = float(runs[metric].min())
     ax.set_xlim(max(0.0, low - 0.05), min(1.0, float(runs[metric].max()) + 0.02))
     ax.set(xlabel=f"{metric} (bar: mean over seeds; dots: seeds)", title="ablation")
+    _save(fig, path)
+
+
+def plot_reliability(predictions, path):
+    """Reliability diagram: accuracy against mean confidence per confidence bin (15 bins), per split."""
+    from pipeline.train.calibration import expected_calibration_error, reliability_bins
+
+    fig, (ax,) = _figure()
+    for split, rows in predictions.items():
+        confidence, accuracy, _ = reliability_bins(rows["label"], rows["prob_real"])
+        ece = expected_calibration_error(rows["label"], rows["prob_real"])
+        ax.plot(confidence, accuracy, marker="o", label=f"{split} (ECE {ece:.3f})")
+    ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="confidence (predicted class's probability)", ylabel="accuracy", title="reliability",
+           xlim=(0.48, 1.02))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     _save(fig, path)

@@ -5,9 +5,10 @@
     epochs.csv               one row per epoch: train_loss, val_loss, val metrics, seconds
     predictions_val.csv      id, label, prob_real, pred (0.5), pred_tuned (tuned threshold)
     predictions_test.csv
-    head/                    model.safetensors + head_config.json (loads with pipeline.head.load_head)
+    head/                    model.safetensors + head_config.json (loads with pipeline.head.load_head);
+                             with --calibrate temperature, head_config.json's extra.calibration.temperature
     encoders.json            what rebuilds the feature extractor the head was trained on (for `predict`)
-    curves.png, confusion_matrix.png, roc.png, pr.png
+    curves.png, confusion_matrix.png, roc.png, pr.png, reliability.png
 """
 
 import json
@@ -21,12 +22,12 @@ from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.head import FusionHead, save_head
-from pipeline.train.plots import plot_confusion_matrices, plot_roc_pr, plot_training_curves
+from pipeline.train.plots import plot_confusion_matrices, plot_reliability, plot_roc_pr, plot_training_curves
 
 ENCODERS_NAME = "encoders.json"
 FILES = ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
          "head/model.safetensors", "head/head_config.json",
-         "curves.png", "confusion_matrix.png", "roc.png", "pr.png")
+         "curves.png", "confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class HeadRun:
     class_weights: list
     device: str
     seconds: float
+    temperature: float = None  # set by --calibrate temperature: prob_real = sigmoid((logit_real - logit_fake) / T)
 
 
 def default_out(head_config, seed):
@@ -120,10 +122,14 @@ def write_run(out, run, config, encoders=None):
     write_csv(out / "epochs.csv", run.fit.history)
     for split, columns in run.predictions.items():
         write_csv(out / f"predictions_{split}.csv", columns)
+    if run.temperature is not None:
+        # `predict` divides the head's logits by this; the key is documented in docs/evaluation.md.
+        config = dict(config, calibration={"method": "temperature", "temperature": run.temperature})
     save_head(out / "head", run.head, extra_config=config)
     plot_training_curves(run.fit.history, run.fit.best_epoch, out / "curves.png")
     plot_confusion_matrices(run.metrics, out / "confusion_matrix.png")
     plot_roc_pr(run.predictions, out / "roc.png", out / "pr.png")
+    plot_reliability(run.predictions, out / "reliability.png")
     return out
 
 

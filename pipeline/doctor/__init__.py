@@ -1,0 +1,1 @@
+"""Leakage doctor: what in a cache would make the evaluation lie."""

@@ -1,0 +1,113 @@
+"""What would make an evaluation lie: cross-split duplicates, label conflicts, balance, label proxies.
+
+Every check takes the loaded splits ({split: CachedSplit}) and, where it needs
+them, the split files' titles and columns; each returns plain dicts and pair
+rows, which report.py writes. A pair is (split, id, other split, other id,
+kind, similarity, labels): kinds are exact_image (same file bytes), exact_title
+(same title after normalisation), near_image and near_title (centred cosine at
+or above the threshold to a train row, from the cached vectors).
+"""
+
+import re
+import unicodedata
+from collections import defaultdict
+
+import numpy as np
+
+from pipeline.doctor.near import effective_dimensions, nearest_train
+
+EVAL_SPLITS = ("val", "test")
+PROXY_COLUMNS = ("subreddit", "domain", "author")
+PAIRS_PER_ROW = 5  # partners listed per row and kind; the count of all of them is kept
+
+
+def normalise_title(title):
+    """Case, punctuation and whitespace do not make a title new: 'Cat, on a BOAT!' == 'cat on a boat'."""
+    text = unicodedata.normalize("NFKC", str(title)).casefold()
+    text = "".join(" " if unicodedata.category(ch).startswith(("P", "S")) else ch for ch in text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def other_splits(split, names):
+    """The splits a row of `split` must not share content with: every split before it in (train, val, test)."""
+    order = [name for name in ("train", "val", "test") if name in names]
+    return order[:order.index(split)] if split in order else []
+
+
+def exact_pairs(keys, labels, ids, kind, skip_keys=()):
+    """Pairs of rows in different splits with the same non-empty key; `keys` = {split: array of str}."""
+    where = defaultdict(lambda: defaultdict(list))  # key -> split -> rows
+    for split, values in keys.items():
+        for row, key in enumerate(values):
+            if key and key not in skip_keys:
+                where[key][split].append(row)
+    pairs = []
+    for split in EVAL_SPLITS:
+        for other in other_splits(split, keys):
+            for key, by_split in where.items():
+                if split in by_split and other in by_split:
+                    for row in by_split[split]:
+                        partners = by_split[other]
+                        for partner in partners[:PAIRS_PER_ROW]:
+                            pairs.append(_pair(split, row, other, partner, kind, 1.0, labels, ids, len(partners)))
+    return pairs
+
+
+def near_pairs(splits, column, threshold, device, kind):
+    """(pairs, {split: summary}) of val/test rows whose `column` vector is near a train row."""
+    pairs, summary = [], {}
+    labels = {name: split.labels for name, split in splits.items()}
+    ids = {name: split.ids for name, split in splits.items()}
+    train = getattr(splits["train"], column)
+    dimensions = effective_dimensions(train)
+    for split in [name for name in EVAL_SPLITS if name in splits]:
+        found, collapsed = nearest_train(getattr(splits[split], column), train, threshold, device,
+                                         dimensions=dimensions)
+        summary[split] = {"median_best_cosine": float(np.median(found.best)) if len(found.best) else None,
+                          "collapsed": collapsed, "effective_dimensions": round(dimensions, 1)}
+        if collapsed:
+            continue
+        for position, row in enumerate(found.candidates):
+            keep = found.cosine[position] >= threshold
+            for partner, cosine in zip(found.index[position][keep], found.cosine[position][keep]):
+                pairs.append(_pair(split, row, "train", int(partner), kind, float(cosine), labels, ids,
+                                   int(found.matches[position])))
+    return pairs, summary
+
+
+def _pair(split, row, other, partner, kind, similarity, labels, ids, partners):
+    return {"split": split, "id": ids[split][row], "other_split": other, "other_id": ids[other][partner],
+            "kind": kind, "similarity": round(similarity, 6), "label": int(labels[split][row]),
+            "other_label": int(labels[other][partner]), "partners": partners, "_row": row}
+
+
+def class_balance(splits):
+    return {name: {"rows": len(split), "fake": int((split.labels == 0).sum()), "real": int((split.labels == 1).sum()),
+                   "real_share": round(float(split.labels.mean()), 4) if len(split) else None}
+            for name, split in splits.items()}
+
+
+def label_proxies(columns, labels):
+    """How well each proxy column alone predicts the label on test: the majority label of its value on
+    train (a value unseen in train gets train's majority). `columns` = {split: {column: list of str}}."""
+    result = {}
+    if "train" not in columns or "test" not in columns:
+        return result
+    train_majority = int(labels["train"].mean() >= 0.5)
+    for column in PROXY_COLUMNS:
+        if column not in columns["train"] or column not in columns["test"]:
+            continue
+        votes = defaultdict(lambda: [0, 0])
+        for value, label in zip(columns["train"][column], labels["train"]):
+            votes[value][int(label)] += 1
+        test_values = columns["test"][column]
+        predicted = np.array([int(votes[v][1] > votes[v][0]) if v in votes else train_majority for v in test_values])
+        truth = labels["test"]
+        accuracy = float((predicted == truth).mean()) if len(truth) else None
+        result[column] = {
+            "test_accuracy": round(accuracy, 4) if accuracy is not None else None,
+            "majority_baseline": round(float((truth == train_majority).mean()), 4) if len(truth) else None,
+            "test_values_seen_in_train": round(float(np.mean([v in votes for v in test_values])), 4),
+            "distinct_values": len(set(columns["train"][column]) | set(test_values)),
+        }
+    return result
