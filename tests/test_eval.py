@@ -139,9 +139,11 @@ def test_bad_flags_name_the_fix(xor_cache, tmp_path, capsys):
 
 def test_ablate_compares_every_variant_with_the_reference(xor_cache, tmp_path, capsys):
     out = tmp_path / "ablation"
+    # xor's label needs both halves of every row: dropping one in training (modality dropout) would only hide
+    # the fusion gain this test looks for.
     assert main(["ablate", "--cache-dir", str(xor_cache), "--out", str(out), "--fusions", "concat",
                  "--seeds", "0", "1", "--max-epochs", "3", "--patience", "1", "--bootstrap", "200",
-                 *SMALL_FLAGS]) == 0
+                 "--modality-dropout", "0", *SMALL_FLAGS]) == 0
     runs = pd.read_csv(out / "ablation.csv")
     assert {"reference", "test_f1_macro_diff", "test_f1_macro_diff_low", "test_f1_macro_diff_high",
             "test_f1_macro_diff_p", "test_accuracy_diff_p"} <= set(runs.columns)
