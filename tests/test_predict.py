@@ -210,3 +210,16 @@ def test_kept_parts_are_reused_on_a_rerun(head_run, tmp_path, capsys):
     assert "resuming; 4 part(s) already embedded" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
     assert (tmp_path / "p.csv").read_text() == first
+
+
+def test_predict_applies_the_runs_calibration_temperature(head_run, tmp_path):
+    """A head trained with --calibrate temperature: predict gives the calibrated probabilities of the run."""
+    run = tmp_path / "calibrated"
+    assert main(["train-head", "--cache-dir", str(head_run["root"] / "cache"), "--out", str(run), *SMALL_FLAGS,
+                 "--max-epochs", "3", "--calibrate", "temperature", "--no-report"]) == 0
+    temperature = json.loads((run / "head" / "head_config.json").read_text())["extra"]["calibration"]["temperature"]
+    assert temperature > 0 and abs(temperature - 1) > 1e-3  # a real rescaling, so the check below can fail
+    unlabelled = drop_labels(head_run["data"] / "test.tsv", tmp_path / "new.tsv")
+    assert main(predict_flags(run, unlabelled, tmp_path / "pred.csv", head_run["data"])) == 0
+    expected = pd.read_csv(run / "predictions_test.csv", dtype={"id": str})
+    np.testing.assert_allclose(read_results(tmp_path / "pred.csv")["prob_real"], expected["prob_real"], atol=1e-5)

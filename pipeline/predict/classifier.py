@@ -10,6 +10,8 @@ outside autocast, as it scores stage one's cached ones, so the CLI and the API
 give the same probabilities for the same rows.
 """
 
+import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -30,9 +32,23 @@ from pipeline.predict.run import predict_file, read_results, results_frame
 SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
 
 
+def stored_temperature(head_folder):
+    """The temperature `--calibrate temperature` stored with the head (head_config.json), or None."""
+    extra = json.loads((Path(head_folder) / "head_config.json").read_text()).get("extra") or {}
+    temperature = (extra.get("calibration") or {}).get("temperature")
+    if temperature is None:
+        return None
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise UserError(f"{head_folder}/head_config.json: calibration temperature {temperature!r} is not a positive "
+                        "number; retrain with --calibrate temperature or remove the calibration entry")
+    return float(temperature)
+
+
 class Classifier:
-    def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64):
+    def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64,
+                 temperature=None):
         self.model = model  # MultimodalBertClipClassifier with the run's head, in eval mode
+        self.temperature = temperature  # from `train-head --calibrate temperature`; None: the plain softmax
         self.tokenizer = tokenizer
         self.settings = settings  # ImageSettings the head's features were made with
         self.encoders = encoders  # paths, content hashes and settings, as `guard.resolve` returns them
@@ -62,7 +78,7 @@ class Classifier:
             raise UserError(f"--threshold {threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1")
         return cls(model.to(device).eval(), load_tokenizer(encoders["text_model"]), ImageSettings(**image), encoders,
                    record["threshold"] if threshold == "tuned" else float(threshold), device, run_dir, warnings,
-                   batch_size)
+                   batch_size, temperature=stored_temperature(run_dir / "head"))
 
     @property
     def fingerprint(self):
@@ -91,7 +107,12 @@ class Classifier:
             features = {"text_emb": torch.as_tensor(text_emb[part]).float().to(self.device),
                         "image_emb": torch.as_tensor(image_emb[part]).float().to(self.device),
                         **{k: torch.as_tensor(v[part]).to(self.device) for k, v in masks.items()}}
-            probs.append(torch.softmax(self.model.head(features).float(), dim=1)[:, 1].double().cpu().numpy())
+            logits = self.model.head(features).float()  # (B, 2)
+            if self.temperature is None:
+                prob = torch.softmax(logits, dim=1)[:, 1]
+            else:  # calibrated as train-head scored it (its tuned threshold is on these probabilities)
+                prob = torch.sigmoid((logits[:, 1] - logits[:, 0]) / self.temperature)
+            probs.append(prob.double().cpu().numpy())
         return np.concatenate(probs) if probs else np.zeros(0)
 
     @torch.inference_mode()
