@@ -50,6 +50,7 @@ def run(args):
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
+    from pipeline.train.eval_ids import apply_eval_ids
     from pipeline.train.fit import load_cached_splits
     from pipeline.train.plots import plot_ablation
     from pipeline.train.run_folder import resolved_config, write_csv
@@ -57,13 +58,7 @@ def run(args):
     grid = variants(args.modalities, args.fusions)
     find_reference(grid, args.reference)  # a bad --reference fails before any training
     manifest, splits = load_cached_splits(args.cache_dir)
-    eval_ids = None
-    if args.eval_ids:
-        from pipeline.train.eval_ids import describe, read_eval_ids, restrict
-
-        splits, counts = restrict(splits, read_eval_ids(args.eval_ids), args.eval_ids)
-        eval_ids = {"file": str(args.eval_ids), "rows": counts}
-        print(f"Evaluation: {describe(counts, args.eval_ids)}")
+    splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
     runs = run_ablation(splits, head_config, train_config, args.modalities, args.fusions, args.seeds, log=print,

@@ -42,18 +42,13 @@ def run(args):
     out = claim_out(args.out or default_out(head_config, train_config.seed), args.overwrite, "train-head")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
+    from pipeline.train.eval_ids import apply_eval_ids
     from pipeline.train.fit import load_cached_splits, train_head
     from pipeline.train.metrics import shown, shown_by_presence, with_intervals
     from pipeline.train.run_folder import encoders_from_manifest, resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
-    eval_ids = None
-    if args.eval_ids:
-        from pipeline.train.eval_ids import describe, read_eval_ids, restrict
-
-        splits, counts = restrict(splits, read_eval_ids(args.eval_ids), args.eval_ids)
-        eval_ids = {"file": str(args.eval_ids), "rows": counts}
-        print(f"Evaluation: {describe(counts, args.eval_ids)}")
+    splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "
           f"({', '.join(f'{name} {len(split)}' for name, split in splits.items())} rows)")

@@ -55,3 +55,13 @@ def restrict(splits, chosen, path):
 def describe(counts, path):
     return (f"scoring only the rows listed in {path}: "
             + ", ".join(f"{split} {c['kept']} of {c['of']}" for split, c in counts.items()))
+
+
+def apply_eval_ids(splits, path, log=print):
+    """(splits, record) for `--eval-ids PATH`: val and test restricted to the listed ids, and what to record
+    in config.json; unchanged splits and None when no file was given."""
+    if not path:
+        return splits, None
+    splits, counts = restrict(splits, read_eval_ids(path), path)
+    log(f"Evaluation: {describe(counts, path)}")
+    return splits, {"file": str(path), "rows": counts}
