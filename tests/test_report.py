@@ -75,7 +75,7 @@ def test_run_page_holds_every_metric_of_metrics_json(runs):
     metrics = json.loads((runs["run"] / "metrics.json").read_text())
     for split in ("val", "test"):
         groups = metrics[split].get("by_presence", {})
-        assert groups  # this run has the per-group breakdown (all rows have both halves here)
+        assert list(groups) == ["both"]  # whole posts only: their metrics are the split's, shown once
         for values in (metrics[split], metrics[split]["tuned"], *groups.values()):
             for name, value in values.items():
                 if not isinstance(value, (dict, list)):
@@ -178,3 +178,13 @@ def test_page_renders_in_chromium_with_every_image_loaded(runs, kind, tmp_path):
                    capture_output=True, timeout=180, check=True)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
+
+
+def test_half_posts_get_a_table_per_presence_group():
+    from pipeline.report.run_page import presence_tables
+
+    groups = {"both": {"accuracy": 0.9, "rows": 70}, "text_only": {"accuracy": 0.75, "rows": 30}}
+    text = presence_tables({"test": {"by_presence": groups}})
+    parse(text)
+    assert "test by presence" in text and ">text_only<" in text and ">0.7500<" in text and ">30<" in text
+    assert presence_tables({"test": {"by_presence": {"both": groups["both"]}}}) == ""

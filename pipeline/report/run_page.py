@@ -54,7 +54,7 @@ def presence_tables(metrics):
     parts = []
     for split in ("val", "test"):
         groups = (metrics.get(split) or {}).get("by_presence") or {}
-        if not groups:
+        if len(groups) < 2:  # whole posts only: the table above already says it all
             continue
         names = list(dict.fromkeys(k for values in groups.values() for k, v in values.items() if _is_number(v)))
         rows = [[name, *(_with_interval(values, name) for values in groups.values())] for name in names]
