@@ -188,3 +188,13 @@ def test_half_posts_get_a_table_per_presence_group():
     parse(text)
     assert "test by presence" in text and ">text_only<" in text and ">0.7500<" in text and ">30<" in text
     assert presence_tables({"test": {"by_presence": {"both": groups["both"]}}}) == ""
+
+
+def test_doctor_findings_appear_when_the_cache_has_them(runs, tmp_path):
+    doctor = runs["root"] / "cache" / "doctor"
+    assert main(["doctor", "--cache-dir", str(runs["root"] / "cache"), "--data-dir", str(runs["data"]),
+                 "--device", "cpu"]) == 0
+    assert main(["report", str(runs["run"]), "--out", str(tmp_path / "page.html")]) == 0
+    text = (tmp_path / "page.html").read_text()
+    parse(text)
+    assert 'id="doctor"' in text and "cross-split pair(s)" in text and str(doctor / "doctor.md") in text

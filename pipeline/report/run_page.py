@@ -133,16 +133,15 @@ def figures_section(folder, config):
 
 
 def doctor_section(config):
+    """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's cache."""
     cache_dir = (config.get("cache") or {}).get("dir")
-    path = Path(cache_dir) / "doctor" / "doctor.json" if cache_dir else None
+    path = Path(cache_dir) / "doctor" / "doctor.md" if cache_dir else None
     if not path or not path.is_file():
         return None
-    try:
-        findings = read_json(path)
-    except ValueError:
-        return paragraph(f"{path}: not readable", note=True)
-    rows = [[key, json.dumps(value) if isinstance(value, (dict, list)) else value] for key, value in findings.items()]
-    return Raw(paragraph(f"From {path}") + table(["finding", "value"], rows, text_columns=2))
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    items = "".join(f"<li>{escape(line[2:])}</li>" for line in lines if line.startswith("- "))
+    notes = "".join(paragraph(line, note=True) for line in lines if not line.startswith(("- ", "#")))
+    return Raw(paragraph(f"From {path} (pairs in doctor_pairs.csv beside it)") + notes + f"<ul>{items}</ul>")
 
 
 def worst_errors_section(folder, data):
