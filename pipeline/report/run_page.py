@@ -141,7 +141,7 @@ def doctor_section(config):
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     items = "".join(f"<li>{escape(line[2:])}</li>" for line in lines if line.startswith("- "))
     notes = "".join(paragraph(line, note=True) for line in lines if not line.startswith(("- ", "#")))
-    return Raw(paragraph(f"From {path} (pairs in doctor_pairs.csv beside it)") + notes + f"<ul>{items}</ul>")
+    return Raw(paragraph(f"From {path}") + notes + f"<ul>{items}</ul>")
 
 
 def worst_errors_section(folder, data):
