@@ -150,27 +150,29 @@ def accuracy(run, rows):
     return float(np.mean(pred["pred"][rows] == pred["label"][rows]))
 
 
-MARGIN = 0.02  # the issue's 1 point, plus room for the noise of 3 seeds on 1,200 half-post rows
+MARGIN = 0.01  # the issue's 1 point, on the mean of 3 seeds (1,200 half-post test rows each)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["concat", "max", "mean", "gated"])
 @pytest.mark.parametrize("missing", ["image", "text"])
-def test_fusion_head_scores_half_posts_as_well_as_a_one_modality_head(missing):
-    """Measured at 40,000 rows (docs/outputs.md): differences of -1.1 to 0 points (3 seeds, 4 fusion kinds)."""
+def test_fusion_head_scores_half_posts_as_well_as_a_one_modality_head(missing, fusion):
+    """On half-posts, the fusion head is within 1 point of a one-modality head on the same rows; on whole posts,
+    within 1 point of a fusion head trained without missing rows (mean of 3 seeds, 40,000 synthetic rows)."""
     half_diffs, both_diffs = [], []
     for seed in (0, 1, 2):
-        splits = small_splits("both", rows=20000, seed=seed, **{f"missing_{missing}": 0.3})
-        whole = small_splits("both", rows=20000, seed=seed)
+        splits = small_splits("both", rows=40000, seed=seed, **{f"missing_{missing}": 0.3})
+        whole = small_splits("both", rows=40000, seed=seed)
         test = splits["test"]
         half = ~(test.has_image if missing == "image" else test.has_text)
         both = test.has_image & test.has_text
         train = small_train(seed=seed)
-        fused = train_head(splits, small_head(), train)
+        fused = train_head(splits, small_head(fusion=fusion), train)
         assert not np.isnan(fused.predictions["test"]["prob_real"]).any()  # every row scored
         assert fused.metrics["test"]["by_presence"][f"{'text' if missing == 'image' else 'image'}_only"]["rows"] \
             == int(half.sum())
         single = train_head(splits, small_head(modalities="image" if missing == "text" else "text"), train)
-        plain = train_head(whole, small_head(), replace(train, modality_dropout=0.0))
+        plain = train_head(whole, small_head(fusion=fusion), replace(train, modality_dropout=0.0))
         half_diffs.append(accuracy(fused, half) - accuracy(single, half))
         both_diffs.append(accuracy(fused, both) - accuracy(plain, both))
     assert np.mean(half_diffs) > -MARGIN, half_diffs
