@@ -223,3 +223,18 @@ def test_predict_applies_the_runs_calibration_temperature(head_run, tmp_path):
     assert main(predict_flags(run, unlabelled, tmp_path / "pred.csv", head_run["data"])) == 0
     expected = pd.read_csv(run / "predictions_test.csv", dtype={"id": str})
     np.testing.assert_allclose(read_results(tmp_path / "pred.csv")["prob_real"], expected["prob_real"], atol=1e-5)
+
+
+def test_the_api_scores_half_posts_with_the_heads_missing_vectors(head_run):
+    """A post without image or without title gets a probability, marked as a half-post; the half that is there
+    decides it, as the head's missing vector stands in for the other."""
+    data = head_run["data"]
+    rows = pd.read_csv(data / "test.tsv", sep="\t", dtype=str)
+    title, image = rows["clean_title"][0], str(data / rows["local_image_path"][0])
+    clf = Classifier.from_run(head_run["run"], device="cpu")
+    assert clf.model.head.supports_missing
+    got = clf.predict([title, "", title, ""], [None, image, image, None], ids=["t", "i", "both", "none"])
+    assert list(got["status"][:3]) == ["ok_text_only", "ok_image_only", "ok"]
+    assert got["prob_real"][:3].notna().all() and np.isnan(got["prob_real"][3])
+    assert got["status"][3] not in ("ok", "ok_text_only", "ok_image_only")  # neither half: a reason, no score
+    assert len({round(p, 6) for p in got["prob_real"][:3]}) == 3  # each half counts: three different scores
