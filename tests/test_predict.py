@@ -238,3 +238,23 @@ def test_the_api_scores_half_posts_with_the_heads_missing_vectors(head_run):
     assert got["prob_real"][:3].notna().all() and np.isnan(got["prob_real"][3])
     assert got["status"][3] not in ("ok", "ok_text_only", "ok_image_only")  # neither half: a reason, no score
     assert len({round(p, 6) for p in got["prob_real"][:3]}) == 3  # each half counts: three different scores
+
+
+def test_cache_dir_never_loses_files_predict_did_not_write(head_run, tmp_path, capsys):
+    data = head_run["data"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    args = predict_flags(head_run["run"], data / "val.tsv", tmp_path / "p.csv", data, "--cache-dir", str(mine))
+    assert main(args) == 2  # a folder that is not one of ours is refused, untouched
+    assert "not empty and not a cache this tool wrote" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+    parts = tmp_path / "parts"
+    assert main(predict_flags(head_run["run"], data / "val.tsv", tmp_path / "p.csv", data,
+                              "--cache-dir", str(parts))) == 0
+    (parts / "posts" / "user.jpg").write_bytes(b"a user's file among our parts")
+    assert main(predict_flags(head_run["run"], data / "test.tsv", tmp_path / "q.csv", data,
+                              "--cache-dir", str(parts))) == 0  # another input: our parts are replaced
+    assert "embedding afresh" in capsys.readouterr().out
+    assert (parts / "posts" / "user.jpg").read_bytes() == b"a user's file among our parts"

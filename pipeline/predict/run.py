@@ -8,6 +8,7 @@ time, scored by the head and appended to a temp file that is renamed over
 of rows, and a half-written output never carries the real name.
 """
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -17,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.splits import CLASS_NAMES, read_rows
-from pipeline.embed import cache
+from pipeline.embed import cache, owned
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.fingerprint import combine, path_sha256
-from pipeline.embed.run import embed_split
-from pipeline.files import write_atomic, write_json_atomic
+from pipeline.embed.run import cache_lock, embed_split
+from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.train.metrics import compute_metrics
 
 SPLIT = "posts"  # the name of the input's parts in the cache folder (and of ids without an id column)
@@ -66,7 +67,12 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
     image_root = str(image_root or input_path.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     keep = cache_dir is not None
-    folder = Path(cache_dir) if keep else Path(tempfile.mkdtemp(prefix=f".{out.name}.parts.", dir=out.parent))
+    if keep:  # a folder of the user's: never written into unless it is one of ours, one writer at a time
+        folder = output_folder(cache_dir, "--cache-dir")
+        if owned.read_fingerprint(folder) is None:
+            owned.refuse_foreign(folder)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts.", dir=out.parent))
     encoders = classifier.encoders
     config = EmbedConfig(
         data_dir=str(input_path.parent), text_model=encoders["text_model"], clip_model=encoders["clip_model"],
@@ -78,14 +84,16 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
         max_pixels=classifier.settings.max_pixels, draft=classifier.settings.draft,
     )
     try:
-        _prepare(folder, {"encoders": classifier.fingerprint, "input": path_sha256(input_path),
-                          "image_root": str(Path(image_root).resolve()), "image_pattern": image_pattern,
-                          "part_rows": part_rows, "half_posts": [on_bad_image == "text-only", on_empty_title]}, log)
-        embed_split(classifier.model, classifier.tokenizer, rows, config, classifier.settings, classifier.device)
-        results = {"labels": [], "probs": [], "reasons": {}, "half_posts": {}}
-        write_atomic(out, lambda tmp: _write_output(tmp, classifier, rows, folder, part_rows, results))
+        with cache_lock(folder) if keep else contextlib.nullcontext():
+            _prepare(folder, {"encoders": classifier.fingerprint, "input": path_sha256(input_path),
+                              "image_root": str(Path(image_root).resolve()), "image_pattern": image_pattern,
+                              "part_rows": part_rows, "half_posts": [on_bad_image == "text-only", on_empty_title]},
+                     log)
+            embed_split(classifier.model, classifier.tokenizer, rows, config, classifier.settings, classifier.device)
+            results = {"labels": [], "probs": [], "reasons": {}, "half_posts": {}}
+            write_atomic(out, lambda tmp: _write_output(tmp, classifier, rows, folder, part_rows, results))
     finally:
-        if not keep:
+        if not keep:  # our own temp folder, made above
             shutil.rmtree(folder, ignore_errors=True)
     summary = {"rows": len(rows), "scored": int(sum(len(p) for p in results["probs"])),
                "half_posts": results["half_posts"], "skipped_by_reason": results["reasons"], "metrics": None}
@@ -102,10 +110,9 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
 
 
 def _prepare(folder, inputs, log):
-    """Keep the parts of an earlier run on the same input with the same encoders; clear any others."""
+    """Keep the parts of an earlier run on the same input with the same encoders; clear our others."""
     fingerprint = combine(inputs)
     path = folder / cache.FINGERPRINT_NAME
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         old = json.loads(path.read_text()).get("fingerprint")
     except (FileNotFoundError, json.JSONDecodeError):
@@ -118,7 +125,7 @@ def _prepare(folder, inputs, log):
         return
     if old is not None:
         log(f"{folder}: parts are from another input or other encoders; embedding afresh")
-    shutil.rmtree(folder / SPLIT, ignore_errors=True)
+    owned.remove_owned(folder)  # only the parts and files we wrote; anything else in the folder stays
     write_json_atomic(path, {"fingerprint": fingerprint, "inputs": inputs})
 
 
