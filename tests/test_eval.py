@@ -159,3 +159,21 @@ def test_ablate_compares_every_variant_with_the_reference(xor_cache, tmp_path, c
     assert main(["ablate", "--cache-dir", str(xor_cache), "--out", str(tmp_path / "x"), "--reference",
                  "text+image/gated", "--fusions", "concat", *SMALL_FLAGS]) == 2
     assert "not a variant of this grid; use one of: text, image, text+image/concat" in capsys.readouterr().err
+
+
+def test_eval_ids_keep_the_half_posts_presence(tmp_path):
+    """--eval-ids cuts val and test to the listed rows and keeps each row's presence masks with it."""
+    from pipeline.embed.cache import write_cache
+    from tests.helpers import small_splits
+
+    splits = small_splits("both", rows=1500, missing_image=0.3)
+    write_cache(tmp_path / "cache", splits)
+    listed = list(splits["test"].ids[::2])
+    lines = ["split\tid"] + [f"val\t{key}" for key in splits["val"].ids] + [f"test\t{key}" for key in listed]
+    (tmp_path / "ids.txt").write_text("\n".join(lines) + "\n")
+    assert main(["train-head", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                 "--eval-ids", str(tmp_path / "ids.txt"), "--max-epochs", "2", "--no-report", *SMALL_FLAGS]) == 0
+    groups = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["by_presence"]
+    text_only = int((~splits["test"].has_image[::2]).sum())
+    assert text_only > 0 and groups["text_only"]["rows"] == text_only
+    assert groups["both"]["rows"] == len(listed) - text_only

@@ -20,7 +20,7 @@ write that fails (disk full) removes its temp file and raises `UserError`.
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,11 @@ class CachedSplit:
 
     def __len__(self):
         return len(self.ids)
+
+    def subset(self, rows):
+        """The same split cut to `rows` (a slice, a boolean mask or indices), every per-row array alike."""
+        return CachedSplit(**{spec.name: None if getattr(self, spec.name) is None else getattr(self, spec.name)[rows]
+                              for spec in fields(self)})
 
 
 def part_path(cache_dir, split, index):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embed.cache import CachedSplit
 from pipeline.errors import UserError
 
 FILTERED = ("val", "test")
@@ -45,9 +44,7 @@ def restrict(splits, chosen, path):
         if not mask.any():
             raise UserError(f"--eval-ids {path}: none of its ids is a {split} row of the cache; "
                             "was it written for another cache?")
-        kept[split] = CachedSplit(
-            ids=data.ids[mask], labels=data.labels[mask], text_emb=data.text_emb[mask], image_emb=data.image_emb[mask],
-            image_sha256=None if data.image_sha256 is None else data.image_sha256[mask])
+        kept[split] = data.subset(mask)
         counts[split] = {"kept": int(mask.sum()), "of": len(data)}
     return kept, counts
 

@@ -48,8 +48,8 @@ def make_splits(rows, text_dim=768, image_dim=512, signal="both", seed=0, val_sh
         has_image[a:b] = ~(drawn[a:b] < missing_image)
         has_text[a:b] = ~((drawn[a:b] >= missing_image) & (drawn[a:b] < missing_image + missing_text))
     text[~has_text], image[~has_image] = 0, 0
-    return {name: CachedSplit(ids[a:b], labels[a:b], text[a:b], image[a:b], has_text[a:b], has_image[a:b])
-            for name, (a, b) in bounds.items()}
+    everything = CachedSplit(ids, labels, text, image, has_text, has_image)
+    return {name: everything.subset(slice(a, b)) for name, (a, b) in bounds.items()}
 
 
 def _embed(rng, score, dim, strength):
