@@ -68,14 +68,23 @@ def to_features(split, device):
 
 
 @torch.no_grad()
-def predict(model, features, labels, weights):
-    """(prob_real as float64 NumPy (N,), loss) in eval mode; `labels` is a tensor on the features' device."""
+def logits_of(model, features):
+    """(N, 2) logits in eval mode, in batches of EVAL_BATCH rows."""
     model.eval()
-    rows = labels.shape[0]
-    logits = torch.cat([model({k: v[start:start + EVAL_BATCH] for k, v in features.items()})
-                        for start in range(0, rows, EVAL_BATCH)])  # (N, 2)
+    rows = next(iter(features.values())).shape[0]
+    return torch.cat([model({k: v[start:start + EVAL_BATCH] for k, v in features.items()})
+                      for start in range(0, rows, EVAL_BATCH)])
+
+
+def scored(logits, labels, weights):
+    """(prob_real as float64 NumPy (N,), class-weighted loss) of (N, 2) logits."""
     loss = weighted_cross_entropy(logits, labels, weights).item()
     return torch.softmax(logits.float(), dim=1)[:, 1].double().cpu().numpy(), loss
+
+
+def predict(model, features, labels, weights):
+    """(prob_real as float64 NumPy (N,), loss) in eval mode; `labels` is a tensor on the features' device."""
+    return scored(logits_of(model, features), labels, weights)
 
 
 def fit(model, train, val, config, weights, log=None):
@@ -177,16 +186,6 @@ def train_head(splits, head_config, train_config, log=None):
                    temperature=temperature)
 
 
-@torch.no_grad()
-def predict_margins(model, features):
-    """logit_real - logit_fake as float64 NumPy (N,): what temperature scaling divides."""
-    model.eval()
-    rows = next(iter(features.values())).shape[0]
-    logits = torch.cat([model({k: v[start:start + EVAL_BATCH] for k, v in features.items()})
-                        for start in range(0, rows, EVAL_BATCH)]).double()  # (N, 2)
-    return (logits[:, 1] - logits[:, 0]).cpu().numpy()
-
-
 def evaluate(model, splits, data, weights, config):
     """(metrics, predictions, temperature): val and test scored (see score_probabilities).
 
@@ -195,12 +194,15 @@ def evaluate(model, splits, data, weights, config):
     probabilities); each split's metrics get a `calibration` dict with ECE and Brier
     before and after. The loss stays the model's own (uncalibrated) loss.
     """
-    outputs = {name: predict(model, *data[name], weights) for name in ("val", "test")}
+    logits = {name: logits_of(model, data[name][0]) for name in ("val", "test")}  # one forward pass per split
+    outputs = {name: scored(logits[name], data[name][1], weights) for name in logits}
     labels = {name: splits[name].labels for name in outputs}
     probs = {name: prob for name, (prob, _) in outputs.items()}
     temperature, calibration = None, {}
     if config.calibrate == "temperature":
-        margins = {name: predict_margins(model, data[name][0]) for name in outputs}
+        # logit_real - logit_fake, what temperature scaling divides
+        margins = {name: (values.double()[:, 1] - values.double()[:, 0]).cpu().numpy()
+                   for name, values in logits.items()}
         temperature = fit_temperature(margins["val"], labels["val"])
         calibrated = {name: apply_temperature(margin, temperature) for name, margin in margins.items()}
         calibration = {name: {
