@@ -15,26 +15,18 @@ CALIBRATIONS = ("off", "temperature")
 
 
 def expected_calibration_error(labels, prob_real, bins=ECE_BINS):
-    labels = np.asarray(labels, dtype=np.int64)
-    prob_real = np.asarray(prob_real, dtype=np.float64)
-    if labels.size == 0:
+    if np.asarray(labels).size == 0:
         return None
-    pred = (prob_real > 0.5).astype(np.int64)
-    confidence = np.where(pred == 1, prob_real, 1 - prob_real)  # in [0.5, 1]
-    correct = (pred == labels).astype(np.float64)
-    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    gap = np.abs(np.bincount(index, weights=correct, minlength=bins) -
-                 np.bincount(index, weights=confidence, minlength=bins))
-    return float(gap.sum() / counts.sum())
+    confidence, accuracy, rows = reliability_bins(labels, prob_real, bins)
+    return float(np.sum(rows * np.abs(accuracy - confidence)) / rows.sum())
 
 
 def reliability_bins(labels, prob_real, bins=ECE_BINS):
-    """(mean confidence, accuracy, rows) per non-empty confidence bin, for the reliability diagram."""
+    """(mean confidence, accuracy, rows) per non-empty confidence bin: the reliability diagram, and the ECE."""
     labels = np.asarray(labels, dtype=np.int64)
     prob_real = np.asarray(prob_real, dtype=np.float64)
     pred = (prob_real > 0.5).astype(np.int64)
-    confidence = np.where(pred == 1, prob_real, 1 - prob_real)
+    confidence = np.where(pred == 1, prob_real, 1 - prob_real)  # in [0.5, 1]
     index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
     counts = np.bincount(index, minlength=bins)
     keep = counts > 0
