@@ -28,6 +28,7 @@ from pipeline.model.head import load_head
 from pipeline.model.text_encoder import load_tokenizer
 from pipeline.predict import encoders as guard
 from pipeline.predict.run import predict_file, read_results, results_frame
+from pipeline.train.calibration import apply_temperature
 
 SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
 
@@ -109,10 +110,10 @@ class Classifier:
                         **{k: torch.as_tensor(v[part]).to(self.device) for k, v in masks.items()}}
             logits = self.model.head(features).float()  # (B, 2)
             if self.temperature is None:
-                prob = torch.softmax(logits, dim=1)[:, 1]
+                probs.append(torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy())
             else:  # calibrated as train-head scored it (its tuned threshold is on these probabilities)
-                prob = torch.sigmoid((logits[:, 1] - logits[:, 0]) / self.temperature)
-            probs.append(prob.double().cpu().numpy())
+                margins = (logits.double()[:, 1] - logits.double()[:, 0]).cpu().numpy()
+                probs.append(apply_temperature(margins, self.temperature))
         return np.concatenate(probs) if probs else np.zeros(0)
 
     @torch.inference_mode()
