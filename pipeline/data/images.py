@@ -123,7 +123,7 @@ def checked_file(root, relative):
 
 
 def load_image(root, relative, settings):
-    return load_image_and_sha256(root, relative, settings)[0]
+    return _decode(_read(root, relative), relative, settings)
 
 
 def load_image_and_sha256(root, relative, settings):
@@ -131,20 +131,29 @@ def load_image_and_sha256(root, relative, settings):
 
     The file is read once: the hash and the decoder see the same bytes, so a
     duplicate check costs no second read (stage one stores the hash in the cache).
+    Only stage one needs the hash; the other callers use `load_image` and skip it.
     """
+    data = _read(root, relative)
+    return _decode(data, relative, settings), hashlib.sha256(data).hexdigest()
+
+
+def _read(root, relative):
+    """The image file's bytes, checked for containment and size first."""
     path = checked_file(root, relative)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise BadImage("file_too_large", f"{relative}: over {MAX_FILE_BYTES >> 20} MB")
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as error:
         raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
-    digest = hashlib.sha256(data).hexdigest()
+
+
+def _decode(data, relative, settings):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return image_pixels(image, settings, name=relative), digest
+                return image_pixels(image, settings, name=relative)
     except BadImage:
         raise
     except Image.DecompressionBombError as error:
