@@ -346,7 +346,7 @@ def test_a_very_long_title_is_embedded_and_counted(embed_args, dataset, capsys):
 
 
 def test_a_split_file_too_big_for_memory_is_refused(embed_args, capsys, monkeypatch):
-    monkeypatch.setattr(splits_module, "_memory_bytes", lambda: 100)
+    monkeypatch.setattr(splits_module, "machine_memory_bytes", lambda: 100)
     assert main(embed_args) == 2
     assert "would not fit in this machine's" in error_of(capsys)
     assert not os.path.exists(cache_dir_of(embed_args))

@@ -107,7 +107,8 @@ MAX_TITLE_CHARS = 1 << 16  # far beyond any --max-length in tokens; the tokenize
 _MEMORY_FACTOR = 4  # rows held as Python strings take a few times the file's bytes
 
 
-def _memory_bytes():
+def machine_memory_bytes():
+    """This machine's physical memory in bytes, None where the OS does not say."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -116,7 +117,7 @@ def _memory_bytes():
 
 def _check_size(path):
     """A split file that would not fit in memory once read is refused before reading it."""
-    size, memory = path.stat().st_size, _memory_bytes()
+    size, memory = path.stat().st_size, machine_memory_bytes()
     if memory and size * _MEMORY_FACTOR > memory:
         raise UserError(f"{path}: {size / 1e9:.1f} GB would not fit in this machine's {memory / 1e9:.1f} GB of "
                         "memory once read; split it into several smaller files (one per --splits name) "

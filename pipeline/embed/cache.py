@@ -19,7 +19,6 @@ write that fails (disk full) removes its temp file and raises `UserError`.
 """
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.splits import CLASS_NAMES
+from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
@@ -243,12 +242,8 @@ def _whole(value, minimum, maximum=None):
 
 
 def _check_fits_in_memory(path, rows, width):
-    needed = rows * width * 4
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if needed > total:
+    needed, total = rows * width * 4, machine_memory_bytes()
+    if total and needed > total:
         raise UserError(f"{path}: {rows} rows x {width} values need {needed / 1e9:.1f} GB, more than this "
                         f"machine's {total / 1e9:.1f} GB of memory; use a machine with more memory or fewer rows")
 
