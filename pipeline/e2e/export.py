@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from pipeline.files import write_text_atomic
 from pipeline.model.head import save_head
 
 
@@ -71,5 +72,5 @@ def _write_embed_line(out, clip_model_folder, adapter_fits_base, pooling):
         clip = f"CLIP_MODEL={out / 'clip_model'} CLIP_LORA="  # base already held another checkpoint
     # The exported text folder is a plain save_pretrained: `--pooling auto` could not tell what it was trained
     # with, so the line names the pooling it was fine-tuned through.
-    (out / "embed.sh").write_text(f"make embed TEXT_MODEL={out / 'text_model'} {clip} "
-                                  f"EMBED_FLAGS='--pooling {pooling}' \"$@\"\n")
+    write_text_atomic(out / "embed.sh", f"make embed TEXT_MODEL={out / 'text_model'} {clip} "
+                                        f"EMBED_FLAGS='--pooling {pooling}' \"$@\"\n")

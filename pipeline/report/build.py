@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.files import write_atomic
+from pipeline.files import write_text_atomic
 
 PAGE_NAME = "report.html"
 
@@ -44,5 +44,5 @@ def write_report(folder, out=None):
     out = Path(out) if out else folder / PAGE_NAME
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name such as {out / PAGE_NAME}")
-    write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(out, text)
     return out
