@@ -133,11 +133,12 @@ def load_head(folder, dims=None, dims_source="the features"):
     config = _read_head_config(config_path)
     if dims is not None:
         check_dims(config, dims, source=dims_source, head_name=str(folder))
+    tensors = _read_safetensors_header(weights_path, config_path)
     # A head saved before missing vectors existed has no `missing.*` tensors: it loads without them.
-    missing_vectors = any(name.startswith("missing.") for name in _read_safetensors_header(weights_path, config_path))
+    missing_vectors = any(name.startswith("missing.") for name in tensors)
     with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to match
         expected = {name: tuple(t.shape) for name, t in FusionHead(config, missing_vectors).state_dict().items()}
-    _check_safetensors_header(weights_path, expected, config_path)
+    _check_tensor_shapes(weights_path, tensors, expected, config_path)
     head = FusionHead(config, missing_vectors)
     try:
         state = load_file(weights_path)
@@ -170,10 +171,14 @@ def _read_head_config(path):
     return config
 
 
+def _not_the_weights(path, config_path, what):
+    raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
+
+
 def _read_safetensors_header(path, config_path):
     """{tensor name: entry} of a safetensors file's header, checked to lie within the file."""
     def bad(what):
-        raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
+        _not_the_weights(path, config_path, what)
 
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -189,12 +194,8 @@ def _read_safetensors_header(path, config_path):
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
-def _check_safetensors_header(path, expected, config_path):
-    """The file's header lists exactly the tensors `expected` ({name: shape})."""
-    def bad(what):
-        raise UserError(f"{path}: {what}; not the weights of {config_path}: re-save the head with save_head")
-
-    tensors = _read_safetensors_header(path, config_path)
+def _check_tensor_shapes(path, tensors, expected, config_path):
+    """The header's `tensors` are exactly those `expected` ({name: shape})."""
     shapes = {k: tuple(v.get("shape", ())) if isinstance(v, dict) else None for k, v in tensors.items()}
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
@@ -202,7 +203,7 @@ def _check_safetensors_header(path, expected, config_path):
     if missing or unexpected or wrong:
         found = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
-        bad(f"weights do not fit the config ({found})")
+        _not_the_weights(path, config_path, f"weights do not fit the config ({found})")
 
 
 def check_dims(config, dims, source, head_name="the head"):
