@@ -51,6 +51,21 @@ def write_text_atomic(path, text):
     write_atomic(path, write)
 
 
+def read_json_object(path, absent, fix):
+    """The JSON object in file `path`; a UserError naming the file otherwise: `absent` when there is no
+    such file, `fix` (what to do) when it is not JSON or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {absent}")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error}); {fix}") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(payload).__name__}; {fix}")
+    return payload
+
+
 def output_folder(path, flag):
     """Create folder `path` (and parents); a clear error when it is a file or cannot be made."""
     path = Path(path)

@@ -258,3 +258,14 @@ def test_cache_dir_never_loses_files_predict_did_not_write(head_run, tmp_path, c
                               "--cache-dir", str(parts))) == 0  # another input: our parts are replaced
     assert "embedding afresh" in capsys.readouterr().out
     assert (parts / "posts" / "user.jpg").read_bytes() == b"a user's file among our parts"
+
+
+def test_a_damaged_encoders_record_is_an_error_not_a_traceback(head_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(head_run["run"], run)
+    data = head_run["data"]
+    for damaged in ("[1, 2]", "{not json"):
+        (run / "encoders.json").write_text(damaged)
+        assert main(predict_flags(run, data / "test.tsv", tmp_path / "p.csv", data)) == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'encoders.json'}: " in err and "train the head again" in err and "Traceback" not in err

@@ -30,7 +30,7 @@ from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
-from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
+from pipeline.files import file_sha256, read_json_object, write_atomic, write_json_atomic, write_text_atomic
 
 # 2 added has_text/has_image columns, null vectors for a missing half and partial.tsv; 3 added `image_sha256`
 # (the image file's SHA-256, for `doctor`'s exact-duplicate check). Older caches still load (every row whole,
@@ -185,15 +185,10 @@ def missing_parts(cache_dir, manifest):
 def read_manifest(cache_dir):
     """The manifest of a complete cache, checked for format; a clear error otherwise."""
     path = Path(cache_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise UserError(
-            f"{path}: no manifest, so {cache_dir} is not a complete cache; "
-            "run `python -m pipeline embed --cache-dir ...` (or `make embed`) first"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not valid JSON ({error}); delete the cache folder and re-embed") from None
+    manifest = read_json_object(
+        path, f"no manifest, so {cache_dir} is not a complete cache; "
+              "run `python -m pipeline embed --cache-dir ...` (or `make embed`) first",
+        "delete the cache folder and re-embed")
     return check_manifest(manifest, path)
 
 

@@ -6,27 +6,22 @@ path with the same content is the same model; other content is refused unless
 the caller allows it, and then the difference is kept as a warning.
 """
 
-import json
 from pathlib import Path
 
 from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
+from pipeline.files import read_json_object
 from pipeline.train.run_folder import ENCODERS_NAME
 
 MODELS = ("text_model", "clip_model", "clip_lora")
 
 
 def read_record(run_dir):
-    path = Path(run_dir) / ENCODERS_NAME
-    if not path.is_file():
-        raise UserError(
-            f"{path}: missing, so the run does not say which encoders made its features (runs trained before "
-            "`predict` existed, or on a cache without model records, lack it); train the head again with train-head"
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not valid JSON ({error}); train the head again") from None
+    return read_json_object(
+        Path(run_dir) / ENCODERS_NAME,
+        "missing, so the run does not say which encoders made its features (runs trained before `predict` "
+        "existed, or on a cache without model records, lack it); train the head again with train-head",
+        "train the head again")
 
 
 def resolve(run_dir, record, given, allow_other=False):
