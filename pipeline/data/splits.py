@@ -48,6 +48,7 @@ class SplitRows:
     duplicate_ids: int  # ids seen before in this split with the same label
     lines: list = None  # line number of each row in the file (header = line 1)
     non_utf8_rows: int = 0  # rows whose bytes were not UTF-8 (replaced with U+FFFD)
+    extra: dict = field(default_factory=dict)  # column -> list of str: the `extra_columns` the file has
 
     def __len__(self):
         return len(self.ids)
@@ -72,14 +73,17 @@ def find_split_file(data_dir, split):
     )
 
 
-def read_split(data_dir, split, image_pattern="{id}.jpg"):
-    return read_rows(find_split_file(data_dir, split), split, image_pattern)
+def read_split(data_dir, split, image_pattern="{id}.jpg", extra_columns=()):
+    return read_rows(find_split_file(data_dir, split), split, image_pattern, extra_columns)
 
 
-def read_rows(path, split, image_pattern="{id}.jpg"):
-    """The rows of one TSV file (any name); `split` names them (ids `<split>-<row>` without an id column)."""
+def read_rows(path, split, image_pattern="{id}.jpg", extra_columns=()):
+    """The rows of one TSV file (any name); `split` names them (ids `<split>-<row>` without an id column).
+
+    `extra_columns` (e.g. doctor's label proxies) are read too, where the file has them, into `extra`.
+    """
     path = Path(path)
-    table = _read_tsv(path)
+    table = _read_tsv(path, extra_columns)
     _check_columns(table.header, path, image_pattern)
     if not table.lines:
         raise UserError(f"{path}: the file has a header but no rows; add rows (or leave {split!r} out of --splits)")
@@ -91,6 +95,7 @@ def read_rows(path, split, image_pattern="{id}.jpg"):
         split=split, path=path, ids=ids, texts=_titles(frame), labels=labels,
         image_paths=_image_paths(frame, ids, image_pattern, path), duplicate_ids=duplicates,
         lines=table.lines, non_utf8_rows=table.non_utf8_rows,
+        extra={name: table.columns[name] for name in extra_columns if name in table.columns},
     )
 
 
@@ -124,8 +129,8 @@ def _check_size(path):
                         "or use a machine with more memory")
 
 
-def _read_tsv(path):
-    """The columns we use, row by row, refusing any line that does not fit the header."""
+def _read_tsv(path, extra_columns=()):
+    """The columns we use (and `extra_columns`), row by row, refusing any line that does not fit the header."""
     _check_size(path)
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     # surrogateescape keeps a bad byte visible (as a lone surrogate) so the row can be counted and repaired.
@@ -138,7 +143,8 @@ def _read_tsv(path):
                 raise UserError(f"{path}: the file is empty; it needs a header row and data rows")
             header = [name.strip() for name in _replace_bad_bytes(header)[0]]
             table = _Table(header=header)
-            wanted = [header.index(name) for name in _USED_COLUMNS if name in header]
+            wanted = [header.index(name) for name in dict.fromkeys((*_USED_COLUMNS, *extra_columns))
+                      if name in header]
             columns = [table.columns.setdefault(header[index], []) for index in wanted]
             line = reader.line_num + 1
             for fields in reader:

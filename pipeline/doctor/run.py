@@ -6,14 +6,13 @@
     --write-clean-ids FILE   split<TAB>id of the val/test rows without any cross-split duplicate
 """
 
-import csv
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.data.splits import find_split_file, read_split
+from pipeline.data.splits import read_split
 from pipeline.doctor import checks
 from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
@@ -54,7 +53,7 @@ def run_doctor(config, log=print):
         notes.append(f"exact-image duplicates cannot be checked: the cache is format {manifest['format_version']} "
                      "and holds no image hashes; re-embed it with this version (`python -m pipeline embed`)")
 
-    titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern, notes)
+    titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern)
                        if config.data_dir else (None, None))
     if titles is not None:
         pairs += checks.exact_pairs({n: [checks.normalise_title(t) for t in v] for n, v in titles.items()},
@@ -100,25 +99,20 @@ def run_doctor(config, log=print):
     return report
 
 
-def _read_data(data_dir, splits, image_pattern, notes):
-    """({split: titles in cache order}, {split: {proxy column: values in cache order}})."""
+def _read_data(data_dir, splits, image_pattern):
+    """({split: titles in cache order}, {split: {proxy column: values in cache order}}), from one read of each
+    split file by stage one's own reader."""
     titles, proxies = {}, {}
     for name, split in splits.items():
-        rows = read_split(data_dir, name, image_pattern)
-        by_id = dict(zip(rows.ids, rows.texts))
-        missing = [key for key in split.ids if key not in by_id]
+        rows = read_split(data_dir, name, image_pattern, extra_columns=checks.PROXY_COLUMNS)
+        position = {key: row for row, key in enumerate(rows.ids)}
+        missing = [key for key in split.ids if key not in position]
         if missing:
             raise UserError(f"--data-dir {data_dir}: {len(missing)} {name} row(s) of the cache are not in "
                             f"{rows.path} (e.g. id {missing[0]!r}); give the data the cache was embedded from")
-        titles[name] = [by_id[key] for key in split.ids]
-        frame = pd.read_csv(find_split_file(data_dir, name), sep="\t", dtype=str, keep_default_na=False,
-                            quoting=csv.QUOTE_MINIMAL, usecols=lambda c: c.strip() in checks.PROXY_COLUMNS)
-        frame.columns = [c.strip() for c in frame.columns]
-        if len(frame) != len(rows.ids):
-            notes.append(f"{rows.path}: label-proxy columns not read (row count differs from the split reader's)")
-            return titles, None
-        positions = {key: row for row, key in enumerate(rows.ids)}
-        proxies[name] = {column: [frame[column].iloc[positions[key]] for key in split.ids] for column in frame.columns}
+        in_cache_order = [position[key] for key in split.ids]
+        titles[name] = [rows.texts[row] for row in in_cache_order]
+        proxies[name] = {column: [values[row] for row in in_cache_order] for column, values in rows.extra.items()}
     return titles, proxies
 
 
