@@ -83,18 +83,17 @@ def run_doctor(config, log=print):
         notes.append(f"no label-proxy column ({', '.join(checks.PROXY_COLUMNS)}) in the split files")
     report["seconds"] = round(time.perf_counter() - started, 2)
     out = output_folder(config.out or Path(config.cache_dir) / "doctor", "--out")
-    write_json_atomic(out / "doctor.json", report)
-    write_text_atomic(out / "doctor.md", markdown(report))
-    write_atomic(out / "doctor_pairs.csv",
-                 lambda tmp: pd.DataFrame([{k: p[k] for k in PAIR_COLUMNS} for p in pairs], columns=PAIR_COLUMNS)
-                 .to_csv(tmp, index=False))
     if config.write_clean_ids:
         dirty = {(p["split"], p["id"]) for p in pairs}
         lines = ["split\tid"] + [f"{name}\t{key}" for name in checks.EVAL_SPLITS if name in splits
                                  for key in splits[name].ids if (name, key) not in dirty]
         write_text_atomic(config.write_clean_ids, "\n".join(lines) + "\n")
         report["clean_ids"] = {"file": str(config.write_clean_ids), "rows": len(lines) - 1}
-        write_json_atomic(out / "doctor.json", report)
+    write_json_atomic(out / "doctor.json", report)
+    write_text_atomic(out / "doctor.md", markdown(report))
+    write_atomic(out / "doctor_pairs.csv",
+                 lambda tmp: pd.DataFrame([{k: p[k] for k in PAIR_COLUMNS} for p in pairs], columns=PAIR_COLUMNS)
+                 .to_csv(tmp, index=False))
     report["out"] = str(out)
     return report
 
