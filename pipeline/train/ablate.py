@@ -58,9 +58,9 @@ def find_reference(grid, reference=None):
 def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None, reference=None):
     """One row per run (variant x seed) with every scalar metric of val and test, and its paired comparison
     with the reference variant of the same seed; `.attrs["pooled"]` holds the comparisons pooled over seeds."""
-    grid = [(modalities, fusion, seed) for modalities, fusion in variants(modalities_options, fusions)
-            for seed in seeds]
-    ref = find_reference(variants(modalities_options, fusions), reference)
+    kinds = variants(modalities_options, fusions)
+    grid = [(modalities, fusion, seed) for modalities, fusion in kinds for seed in seeds]
+    ref = find_reference(kinds, reference)
     rows, test_probs = [], {}
     for number, (modalities, fusion, seed) in enumerate(grid, start=1):
         head = replace(head_config, modalities=modalities,
