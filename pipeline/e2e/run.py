@@ -27,7 +27,7 @@ from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.text_encoder import load_tokenizer, resolve_pooling
+from pipeline.model.text_encoder import load_tokenizer
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
 from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
@@ -70,7 +70,7 @@ def run_finetune(data, config, log=print):
     resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
                 "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
-    write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model.dims))
+    write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model))
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
@@ -78,17 +78,17 @@ def run_finetune(data, config, log=print):
     return out
 
 
-def _exported_encoders(out, data, settings, dims):
-    """The run's own export/ encoders (LoRA merged into export/clip_model), as `predict` rebuilds them;
-    `in_run` lets a moved run folder find them."""
+def _exported_encoders(out, data, settings, model):
+    """The run's own export/ encoders (LoRA merged into export/clip_model), as `predict` rebuilds them, with
+    the pooling the model was trained through (as export/embed.sh names it); `in_run` lets a moved run
+    folder find them."""
     def model(name):
         path = out / "export" / name
         return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
 
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
-            "lora_alpha": None, "pooling": resolve_pooling(data.text_model, data.pooling)[0],
-            "max_length": data.max_length,
-            "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": dims}
+            "lora_alpha": None, "pooling": model.text_encoder.pooling, "max_length": data.max_length,
+            "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": model.dims}
 
 
 def _load_rows(data, settings, log):
