@@ -82,11 +82,11 @@ def _exported_encoders(out, data, settings, model):
     """The run's own export/ encoders (LoRA merged into export/clip_model), as `predict` rebuilds them, with
     the pooling the model was trained through (as export/embed.sh names it); `in_run` lets a moved run
     folder find them."""
-    def model(name):
+    def exported(name):
         path = out / "export" / name
         return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
 
-    return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
+    return {"text_model": exported("text_model"), "clip_model": exported("clip_model"), "clip_lora": None,
             "lora_alpha": None, "pooling": model.text_encoder.pooling, "max_length": data.max_length,
             "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": model.dims}
 
