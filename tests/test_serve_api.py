@@ -51,6 +51,8 @@ def test_ids_default_to_positions_and_bad_base64_fails_only_its_post(served):
         body = client.post("/v1/predict", json={"posts": [
             {"title": good["title"], "image": good["image"]}, {"title": None, "image": "%%% not base64"},
             {"title": "a dog", "image": "%%%"}]}).json()
+        empty = client.post("/v1/predict", json={"posts": []})
+    assert empty.status_code == 200 and empty.json()["predictions"] == []
     assert [p["id"] for p in body["predictions"]] == ["0", "1", "2"]
     assert [p["status"] for p in body["predictions"]] == ["ok", "empty_title_and_bad_base64", "ok_text_only"]
     want = served["expected"].loc[good["id"], "prob_real"]

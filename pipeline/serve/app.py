@@ -114,6 +114,8 @@ def create_app(classifier, config, token=None):
                             headers=getattr(error, "headers", None))
 
     async def score(titles, images, ids):
+        if not titles:  # nothing to wait for
+            return {"predictions": [], "model": short_info}
         counters.started += 1
         try:
             results = await asyncio.wait_for(batcher.submit(titles, images, ids), config.request_timeout_s)

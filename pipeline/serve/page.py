@@ -62,7 +62,7 @@ $('post').addEventListener('submit', async (event) => {
   }
 });
 fetch('/v1/model', {headers: headers()}).then((r) => r.ok ? r.json() : null).then((model) => {
-  if (model) { $('about').textContent = 'run ' + model.run + ', classes ' + model.classes.join(', '); }
+  if (model) { $('about').textContent = 'Run: ' + model.run + '; classes: ' + model.classes.join(', '); }
 }).catch(() => {});
 """
 
