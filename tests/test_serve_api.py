@@ -205,9 +205,10 @@ def test_a_token_is_required_when_configured(served):
         right = client.post("/v1/predict", json={"posts": [{"title": "a"}]},
                             headers={"Authorization": f"Bearer {TOKEN}"})
         model = client.get("/v1/model")
-        probe = client.get("/healthz")
-    assert missing.status_code == wrong.status_code == model.status_code == 401
-    assert right.status_code == 200 and probe.status_code == 200
+        form = client.post("/v1/predict/form", data={"title": "a"})
+        public = [client.get(path).status_code for path in ("/healthz", "/readyz", "/", "/openapi.json")]
+    assert missing.status_code == wrong.status_code == model.status_code == form.status_code == 401
+    assert right.status_code == 200 and public == [200] * 4  # probes, and pages a browser loads bare
     assert missing.headers["www-authenticate"] == "Bearer"
 
 

@@ -29,7 +29,7 @@ def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests
     from pipeline.serve.process import ServeProcess
 
     embed = cache.read_manifest(work / f"cache-{name}")["config"]["embed"]
-    run, root = work / f"predict-run-{name}", Path(embed["image_root"])
+    run, root = work / f"predict-run-{name}", Path(embed["image_root"] or embed["data_dir"])
     rows = read_split(embed["data_dir"], "train")
     bodies = [json.dumps({"posts": [{"id": key, "title": title or None,
                                      "image": base64.b64encode((root / path).read_bytes()).decode()}]}).encode()

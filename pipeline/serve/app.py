@@ -6,7 +6,9 @@ what to do; none carries a server path or echoes the request back.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -19,9 +21,11 @@ from pipeline.predict import encoders as guard
 from pipeline.serve.batcher import Batcher
 from pipeline.serve.limits import BearerAuth, BodyLimit, ConcurrencyLimit
 from pipeline.serve.page import PAGE, PAGE_POLICY
-from pipeline.serve.posts import answer, clean_title, image_from_base64, open_image
+from pipeline.serve.posts import answer, clean_title, decode_image
 
 RETRY_AFTER_S = 1
+DECODE_THREADS = 4
+log = logging.getLogger("pipeline.serve")
 
 
 class Post(BaseModel):
@@ -59,7 +63,8 @@ class Counters:
 def problem(error):
     """One pydantic error as 'field: what is wrong', without the input (it may be megabytes, or a secret)."""
     if error["type"] == "json_invalid":
-        return f"body: not valid JSON (at character {error['loc'][-1]}: {error['ctx'].get('error', 'decode error')})"
+        detail = (error.get("ctx") or {}).get("error", "decode error")
+        return f"body: not valid JSON (at character {error['loc'][-1]}: {detail})"
     return f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
 
 
@@ -77,10 +82,9 @@ def model_info(classifier, class_names):
 
 
 def scorer(classifier, class_names):
-    """The batcher's `predict`: runs in the model thread, so decoding images there keeps the event loop free."""
+    """The batcher's `predict` (in the model thread), on images `decode_image` already decoded."""
     def predict(titles, images, ids):
-        opened = [open_image(i) if isinstance(i, bytes) else image_from_base64(i) for i in images]
-        frame = classifier.predict([clean_title(t) for t in titles], opened, ids=ids)
+        frame = classifier.predict([clean_title(t) for t in titles], images, ids=ids)
         return [answer(row, class_names) for row in frame.to_dict("records")]
     return predict
 
@@ -88,7 +92,10 @@ def scorer(classifier, class_names):
 def create_app(classifier, config, token=None):
     class_names = class_names_of(classifier.run_dir)
     batcher = Batcher(scorer(classifier, class_names), config.max_batch, config.max_wait_ms)
+    # Pillow decodes without the GIL: these threads decode the next requests while the model scores a batch.
+    decoder = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
     counters = Counters()
+    settings = classifier.settings
     short_info = {"run": classifier.run_dir.name, "classes": class_names, "threshold": classifier.threshold}
 
     @contextlib.asynccontextmanager
@@ -98,6 +105,7 @@ def create_app(classifier, config, token=None):
         yield
         app.state.ready = False
         await batcher.stop()
+        decoder.shutdown(wait=True)
 
     app = FastAPI(title="mmcache serve", version="1", lifespan=lifespan,
                   description="Classify posts (a title and an image) with a trained mmcache run.")
@@ -117,8 +125,18 @@ def create_app(classifier, config, token=None):
         if not titles:  # nothing to wait for
             return {"predictions": [], "model": short_info}
         counters.started += 1
+
+        async def decoded_and_scored():
+            loop = asyncio.get_running_loop()
+            try:
+                decoded = await loop.run_in_executor(decoder, lambda: [decode_image(i, settings) for i in images])
+            except Exception:  # noqa: BLE001 - a decoder bug fails this request, never the server
+                log.exception("decoding a request's images failed")
+                raise RuntimeError("the server could not decode this request's images") from None
+            return await batcher.submit(titles, decoded, ids)
+
         try:
-            results = await asyncio.wait_for(batcher.submit(titles, images, ids), config.request_timeout_s)
+            results = await asyncio.wait_for(decoded_and_scored(), config.request_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"not answered within {config.request_timeout_s:g} s (the server's "
                                 "--request-timeout-s); retry later", headers={"Retry-After": str(RETRY_AFTER_S)})

@@ -9,7 +9,10 @@ token costs nothing, and an oversize body is refused before it is read whole.
 import hmac
 import json
 
-OPEN_PATHS = ("/healthz", "/readyz")  # for load balancers and probes: they say nothing about the model
+PROBES = ("/healthz", "/readyz")  # for load balancers and probes: they say nothing about the model
+# Static pages a browser loads without headers; they hold no model data, and the page sends the token
+# it is given with each request of its own.
+PUBLIC_PATHS = (*PROBES, "/", "/docs", "/openapi.json")
 
 
 async def send_json(send, status, body, headers=()):
@@ -21,14 +24,14 @@ async def send_json(send, status, body, headers=()):
 
 
 class BearerAuth:
-    """Every path except the probes needs `Authorization: Bearer <token>` (compared in constant time)."""
+    """Every path but the public ones needs `Authorization: Bearer <token>` (compared in constant time)."""
 
     def __init__(self, app, token):
         self.app = app
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, self.expected):
@@ -89,7 +92,7 @@ class ConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in PROBES:
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             return await send_json(send, 503, {"error": f"server busy ({self.limit} requests under way); retry "

@@ -1,11 +1,15 @@
 """A request's posts as `Classifier.predict` takes them, and its answer row as the API returns it.
 
 Images arrive only as bytes (base64 in JSON, a file in a form); no path or URL
-from a request is ever opened. Bytes are opened with Pillow here, lazily, so
-the Classifier decodes them exactly as it decodes a file (JPEG draft mode, the
-pixel cap, EXIF orientation); bytes Pillow cannot even open become a stand-in
-image that raises stage one's reason, so the Classifier gives such a post the
-status `predict` gives the same file (and still scores its title when it can).
+from a request is ever opened. `decode_image` turns bytes into the model's
+pixels with stage one's own `image_pixels` (JPEG draft mode, the pixel cap,
+EXIF orientation, resize and crop), exactly as `predict` decodes the same
+file, and hands them on as an S x S image, which the Classifier's own
+`image_pixels` passes through unchanged. Decoding here rather than inside
+`Classifier.predict` lets it run in a pool beside the model. Bytes that fail
+become a stand-in image that raises stage one's reason, so the Classifier
+gives such a post the status `predict` gives the same file (and still scores
+its title when it can).
 """
 
 import base64
@@ -16,7 +20,7 @@ import warnings
 
 from PIL import Image
 
-from pipeline.data.images import BadImage
+from pipeline.data.images import BadImage, image_pixels
 from pipeline.data.splits import MAX_TITLE_CHARS
 
 
@@ -47,6 +51,19 @@ def open_image(data):
         return UnreadableImage("not_an_image")
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         return UnreadableImage("truncated_or_corrupt", str(error))
+
+
+def decode_image(source, settings):
+    """A post's image (base64 text, form bytes or None) -> what `Classifier.predict` takes: None, the decoded
+    S x S pixels as a Pillow image, or an `UnreadableImage` with the reason."""
+    image = open_image(source) if isinstance(source, bytes) else image_from_base64(source)
+    if image is None or isinstance(image, UnreadableImage):
+        return image
+    try:
+        with image:
+            return Image.fromarray(image_pixels(image, settings))
+    except BadImage as error:
+        return UnreadableImage(error.reason, str(error))
 
 
 def image_from_base64(text):
