@@ -114,9 +114,10 @@ def _prepare(folder, inputs, log):
     fingerprint = combine(inputs)
     path = folder / cache.FINGERPRINT_NAME
     try:
-        old = json.loads(path.read_text()).get("fingerprint")
-    except (FileNotFoundError, json.JSONDecodeError):
-        old = None
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    old = doc.get("fingerprint") if isinstance(doc, dict) else None  # anything else: ours, not valid: embed afresh
     cache.remove_temp_files(folder)
     if old == fingerprint:
         done = len(cache.existing_parts(folder, SPLIT))
