@@ -287,3 +287,25 @@ def test_a_legacy_folder_still_predicts_its_own_probabilities(legacy, tiny_bert,
     np.testing.assert_allclose(got["prob_real"], saved["prob_real"], atol=1e-5)
     assert list(got["pred"]) == list(saved["pred"])  # today's files decided at 0.5; so does the rule here
     assert json.loads(Path(f"{out}.meta.json").read_text())["warnings"] == []  # the same encoders by content
+
+
+def test_a_legacy_finetune_e2e_folder_is_known_by_its_command(legacy):
+    """finetune-e2e folders of today's format have no run.json either: their config's command says the kind,
+    and its data flags say which split files the report's worst errors come from."""
+    edit_json(legacy / "config.json", put("command", "finetune-e2e"))
+    edit_json(legacy / "config.json", put("data", {"data_dir": "/data", "image_root": None, "image_pattern": "x"}))
+    record = read_run(legacy)
+    assert record.kind == "finetune-e2e" and record.legacy
+    assert record.data == {"data_dir": "/data", "image_root": None, "image_pattern": "x"}
+
+
+def test_a_compare_record_round_trips_through_the_public_api(tmp_path):
+    """What another command (compare) writes and reads: a record without cache, encoders or threshold."""
+    from pipeline.runs.record import write_run_record
+
+    written = write_run_record(tmp_path, "compare", command_line=["python", "-m", "pipeline", "compare", "a", "b"])
+    read = read_run(tmp_path)
+    assert read == written and read.kind == "compare" and read.threshold is None
+    assert read.decision_threshold == 0.5 and read.command_line[3] == "compare"
+    with pytest.raises(ValueError):
+        write_run_record(tmp_path, "train")  # our own bug, not a user's: the kinds are fixed

@@ -184,10 +184,10 @@ def _newest_checkpoint(folder):
 
 def _is_complete(checkpoint):
     try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-        return True
-    except (FileNotFoundError, json.JSONDecodeError):
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(state, dict)  # the Trainer's state is an object; anything else was not written by it
 
 
 def _evaluate(trainer, splits, datasets, weights, train_config):
