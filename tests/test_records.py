@@ -309,3 +309,23 @@ def test_a_compare_record_round_trips_through_the_public_api(tmp_path):
     assert read.decision_threshold == 0.5 and read.command_line[3] == "compare"
     with pytest.raises(ValueError):
         write_run_record(tmp_path, "train")  # our own bug, not a user's: the kinds are fixed
+
+
+def test_a_kept_predict_part_with_other_ids_is_an_error_not_a_traceback(small_val_run, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run, data = small_val_run["run"], small_val_run["data"]
+    flags = ["predict", "--run", str(run), "--input", str(data / "test.tsv"), "--out", str(tmp_path / "p.csv"),
+             "--image-root", str(data), "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "parts")]
+    assert main(flags) == 0
+    part = next((tmp_path / "parts").rglob("part-00000.parquet"))
+    table = pq.read_table(part)
+    ids = table.column("id").to_pylist()
+    table = table.set_column(table.schema.get_field_index("id"), table.schema.field("id"),
+                             pa.array(ids[::-1], table.schema.field("id").type))
+    pq.write_table(table, part)  # its metadata kept: only the ids are another order
+    capsys.readouterr()
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert f"error: {part}: does not hold the input's rows" in err and "Traceback" not in err

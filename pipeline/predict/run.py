@@ -22,6 +22,7 @@ from pipeline.embed import cache, owned
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.fingerprint import combine, path_sha256
 from pipeline.embed.run import cache_lock, embed_split
+from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.train.metrics import compute_metrics
 
@@ -138,7 +139,8 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
             reasons = {entry["row"]: entry["reason"] for entry in rows_of_part.skipped}
             kept = [row for row in span if row not in reasons]
             if [rows.ids[row] for row in kept] != rows_of_part.ids:
-                raise RuntimeError(f"{folder}: part {part} does not hold the input's rows; delete the folder")
+                raise UserError(f"{cache.part_path(folder, SPLIT, part)}: does not hold the input's rows (ids "
+                                "differ); delete the folder (or give another --cache-dir) and rerun")
             halves = {entry["row"]: entry["reason"] for entry in rows_of_part.partial}
             has_text, has_image = rows_of_part.has_text, rows_of_part.has_image
             scorable = classifier.can_score(has_text, has_image)  # (kept,) bool
