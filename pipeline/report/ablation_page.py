@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.report.markup import Raw, escape, image, page, paragraph, section, table
+from pipeline.runs.readers import read_ablation, read_config
 from pipeline.train.ablate import SUMMARY, summarize
 from pipeline.train.plots import plot_ablation
 
@@ -15,11 +16,11 @@ LINKED = ("ablation.csv", "ablation.md", "config.json")
 
 def ablation_page(folder):
     folder = Path(folder)
-    runs = pd.read_csv(folder / "ablation.csv")
+    runs = read_ablation(folder / "ablation.csv")
     if not (folder / PLOT_NAME).is_file():
         plot_ablation(runs, folder / PLOT_NAME)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_config(folder) if config_path.is_file() else {}
     links = " · ".join(f'<a href="{escape(name)}">{escape(name)}</a>' for name in LINKED if (folder / name).is_file())
     sections = [
         section("Variants", Raw(_variants_table(runs) + paragraph(

@@ -108,8 +108,10 @@ def _row(modalities, fusion, seed, run):
             for key, value in values.items():
                 if key == "confusion_matrix":
                     value = json.dumps(value)
-                if key not in ("tuned", "by_presence"):
+                if key not in ("tuned", "by_presence", "decision"):
                     row[f"{prefix}_{key}"] = value
+        if "decision" in metrics:  # the run's own decision threshold (pipeline.runs.threshold)
+            row[f"{split}_decision_threshold"] = metrics["decision"]["threshold"]
         # by_presence as columns: <split>_<group>_<metric> at 0.5, e.g. test_text_only_f1_macro
         for group, values in metrics.get("by_presence", {}).items():
             for key, value in values.items():
