@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import embed_flags, make_dataset
 from sklearn.metrics import f1_score
 
 from pipeline.__main__ import main
@@ -161,3 +162,22 @@ def test_page_is_well_formed_escapes_a_hostile_run_name_and_links_nothing_outsid
     assert "&lt;b onmouseover=alert(1)&gt;run &amp; &lt;img src=x onerror=alert(2)&gt;" in text
     assert "<b " not in text and "<img" not in text
     assert 'id="compare-table"' in text and "f1_macro" in text
+
+
+def test_a_finetune_e2e_run_against_a_head_on_another_cache_of_the_same_data(tiny_bert, tiny_clip, tmp_path):
+    """finetune-e2e's folder is read as train-head's: its test ids meet the head's, its seed seeds the bootstrap."""
+    data = make_dataset(tmp_path / "data")
+    assert main(embed_flags(data, tiny_bert, tiny_clip, tmp_path / "cache")) == 0
+    head = train(tmp_path / "cache", tmp_path / "head", "--max-epochs", "2")
+    e2e = tmp_path / "e2e"
+    assert main(["finetune-e2e", "--data-dir", str(data), "--text-model", str(tiny_bert), "--clip-model",
+                 str(tiny_clip), "--num-workers", "0", "--device", "cpu", "--out", str(e2e), "--train-text", "frozen",
+                 "--train-image", "frozen", "--batch-size", "8", "--max-epochs", "1", "--seed", "3",
+                 "--no-report"]) == 0
+    assert compare(e2e, head, "--out", tmp_path / "cmp", "--bootstrap", "50") == 0
+    config = json.loads((tmp_path / "cmp" / "config.json").read_text())
+    assert [run["command"] for run in config["runs"]] == ["finetune-e2e", "train-head"]
+    assert config["compare"]["seed"] == 3  # the reference's training seed
+    test_ids = len(pd.read_csv(data / "test.tsv", sep="\t"))
+    assert [run["rows"] for run in config["runs"]] == [{"test_rows": test_ids, "shared": test_ids, "unshared": 0}] * 2
+    assert set(pd.read_csv(tmp_path / "cmp" / "compare.csv")["rows"]) == {test_ids}
