@@ -130,7 +130,17 @@ def test_folders_that_cannot_be_compared_are_named(runs, tmp_path, capsys):
     predictions = pd.read_csv(bad_prob / "predictions_test.csv", dtype={"id": str})
     predictions.loc[3, "prob_real"] = 1.5
     predictions.to_csv(bad_prob / "predictions_test.csv", index=False)
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(runs["b"], relabelled)
+    predictions = pd.read_csv(relabelled / "predictions_test.csv", dtype={"id": str})
+    predictions.loc[0, "label"] = 1 - predictions.loc[0, "label"]
+    predictions.to_csv(relabelled / "predictions_test.csv", index=False)
+    no_prob = tmp_path / "no_prob"
+    shutil.copytree(runs["b"], no_prob)
+    predictions.drop(columns="prob_real").to_csv(no_prob / "predictions_test.csv", index=False)
     cases = [(empty, f"{empty}: not a run folder (no config.json)"),
+             (relabelled, f"{relabelled}: id {predictions.loc[0, 'id']!r} has label"),
+             (no_prob, "predictions_test.csv: no column prob_real"),
              (no_predictions, f"{no_predictions}: has no predictions_test.csv"),
              (other_ids, "share no test ids"),
              (bad_prob, "line 5, column prob_real: '1.5' is not a probability"),
