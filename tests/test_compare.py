@@ -86,6 +86,19 @@ def test_reference_flag_flips_the_sign(runs, tmp_path):
     assert np.allclose(forward["difference"], -backward["difference"], atol=1e-12)
 
 
+def test_tuned_thresholds_score_each_run_as_its_pred_tuned_column(runs, tmp_path):
+    assert compare(runs["a"], runs["b"], "--out", tmp_path / "cmp", "--bootstrap", "20", "--threshold", "tuned") == 0
+    a, b = (pd.read_csv(runs[key] / "predictions_test.csv", dtype={"id": str}) for key in ("a", "b"))
+    shared = a.merge(b, on="id", suffixes=("_a", "_b"))
+    accuracy = ((shared["pred_tuned_b"] == shared["label_b"]).mean()
+                - (shared["pred_tuned_a"] == shared["label_a"]).mean())
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv").set_index("metric")
+    assert table.loc["accuracy", "difference"] == pytest.approx(accuracy, abs=1e-9)
+    config = json.loads((tmp_path / "cmp" / "config.json").read_text())
+    tuned = json.loads((runs["a"] / "metrics.json").read_text())["test"]["tuned"]["threshold"]
+    assert config["thresholds"][str(runs["a"])] == tuned != 0.5
+
+
 def test_interval_agrees_with_ablates_paired_interval(runs, tmp_path):
     """The same pair of heads as ablate trains them (one cache, seed 0): same difference, same interval and p."""
     cache = runs["root"] / "cache_a"
