@@ -101,8 +101,9 @@ def _read_predictions(path, classes):
 
 
 def describe(run):
-    """One line of provenance for the terminal and the pages."""
-    parts = [f"{key} {value}" for key, value in run.provenance.items() if value]
+    """One line of provenance for the pages (the fingerprint cut to 12 characters; config.json has it whole)."""
+    parts = [f"{key} {str(value)[:12] if key == 'fingerprint' else value}"
+             for key, value in run.provenance.items() if value]
     return f"{run.command}" + (f" ({', '.join(parts)})" if parts else "")
 
 
