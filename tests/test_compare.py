@@ -10,6 +10,8 @@ from conftest import embed_flags, make_dataset
 from sklearn.metrics import f1_score
 
 from pipeline.__main__ import main
+from pipeline.compare.paired import match_rows
+from pipeline.compare.runs import RunPredictions
 from pipeline.embed.cache import write_cache
 from tests.helpers import SMALL_FLAGS, small_splits
 from tests.test_report import parse
@@ -204,3 +206,18 @@ def test_a_finetune_e2e_run_against_a_head_on_another_cache_of_the_same_data(tin
     test_ids = len(pd.read_csv(data / "test.tsv", sep="\t"))
     assert [run["rows"] for run in config["runs"]] == [{"test_rows": test_ids, "shared": test_ids, "unshared": 0}] * 2
     assert set(pd.read_csv(tmp_path / "cmp" / "compare.csv")["rows"]) == {test_ids}
+
+
+def test_a_repeated_id_is_matched_occurrence_by_occurrence_in_the_references_order(tmp_path):
+    def run(name, ids, labels):
+        return RunPredictions(name=name, folder=tmp_path / name, command="train-head", class_names=("fake", "real"),
+                              ids=np.array(ids, dtype=object), labels=np.array(labels), prob_real=np.full(len(ids), .5),
+                              tuned_threshold=0.5, seed=0, provenance={})
+
+    reference = run("a", ["p", "q", "p", "r"], [1, 0, 1, 0])
+    other = run("b", ["q", "p", "s", "p", "p"], [0, 1, 1, 1, 1])
+    rows, counts = match_rows([reference, other], 0)
+    assert list(rows["a"]) == [0, 1, 2]  # p, q, p: r is not in b
+    assert list(rows["b"]) == [1, 0, 3]  # b's first p, its q, its second p; its third p and s are unshared
+    assert counts == {"a": {"test_rows": 4, "shared": 3, "unshared": 1},
+                      "b": {"test_rows": 5, "shared": 3, "unshared": 2}}
