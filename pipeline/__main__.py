@@ -27,6 +27,7 @@ COMMANDS = {
     "bench": "pipeline.bench.cli",
     "report": "pipeline.report.cli",
     "doctor": "pipeline.doctor.cli",
+    "compare": "pipeline.compare.cli",
 }
 
 

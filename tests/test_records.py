@@ -174,6 +174,19 @@ def test_ablation_csv_without_its_columns_is_refused(damage, message, tmp_path, 
     assert f"error: {folder / 'ablation.csv'}: " in err and message in err and "Traceback" not in err
 
 
+def test_comparisons_csv_without_its_columns_is_refused(tmp_path, capsys):
+    """The ablation page's paired columns come from comparisons.csv, read back through its checked reader."""
+    folder = tmp_path / "ablation"
+    folder.mkdir()
+    rows = [{"modalities": "text", "fusion": "-", "seed": 0, "best_epoch": 3, "val_f1_macro": 0.7,
+             "test_f1_macro": 0.6, "val_accuracy": 0.7, "test_accuracy": 0.6}]
+    pd.DataFrame(rows).to_csv(folder / "ablation.csv", index=False)
+    (folder / "comparisons.csv").write_text("modalities,fusion,reference,test_f1_macro_diff\ntext,-,text,2.5\n")
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {folder / 'comparisons.csv'}: no column test_f1_macro_diff_low" in err and "Traceback" not in err
+
+
 def test_manifest_splits_as_a_list_is_refused(tmp_path):
     path = tmp_path / cache.MANIFEST_NAME
     path.write_text(json.dumps({"format_version": cache.FORMAT_VERSION, "dims": {"text": 4, "image": 4},

@@ -66,7 +66,7 @@ def read_calibration(head_folder):
     return None if temperature is None else float(temperature)
 
 
-LABEL, PROBABILITY, INT, TEXT = "label", "probability", "int", "text"
+LABEL, PROBABILITY, DIFFERENCE, INT, TEXT = "label", "probability", "difference", "int", "text"
 
 
 def read_table(path, columns, sep=",", fix=FIX):
@@ -96,11 +96,14 @@ def _column(path, values, name, kind, fix):
         bad |= ~numbers.isin([0, 1])
     elif kind == PROBABILITY:
         bad |= (values != "") & ~numbers.between(0, 1)
+    elif kind == DIFFERENCE:
+        bad |= (values != "") & ~numbers.between(-1, 1)
     elif kind == INT:
         bad |= (values != "") & (numbers != np.floor(numbers))
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0])
-        what = {LABEL: "0 or 1", PROBABILITY: "a probability from 0 to 1", INT: "a whole number"}[kind]
+        what = {LABEL: "0 or 1", PROBABILITY: "a probability from 0 to 1", DIFFERENCE: "a difference from -1 to 1",
+                INT: "a whole number"}[kind]
         raise UserError(f"{path}: line {line + 2}, column {name}: {values.iloc[line]!r} is not {what}; {fix}")
     return numbers.astype("Int64") if kind in (LABEL, INT) else numbers
 
@@ -132,3 +135,12 @@ def read_ablation(path):
             line = int(np.flatnonzero(frame[name].isna().to_numpy())[0])
             raise UserError(f"{path}: line {line + 2}, column {name}: empty; {FIX}")
     return pd.read_csv(path)  # checked above; read again with pandas' own types for the summary's other columns
+
+
+def read_comparisons(path, metrics):
+    """comparisons.csv of an ablation folder: per variant, the pooled paired comparison of each of `metrics`."""
+    columns = {"modalities": TEXT, "fusion": TEXT, "reference": TEXT}
+    for metric in metrics:
+        columns.update({f"test_{metric}_diff": DIFFERENCE, f"test_{metric}_diff_low": DIFFERENCE,
+                        f"test_{metric}_diff_high": DIFFERENCE, f"test_{metric}_diff_p": PROBABILITY})
+    return read_table(path, columns)

@@ -155,12 +155,13 @@ def markdown_table(summary, pooled=None):
         cells += [_mean_std(row[f"{c}_mean"], row[f"{c}_std"]) for c in extra]
         if comparisons:
             compared = comparisons.get((row["modalities"], row["fusion"]))
-            cells += [_difference(compared, metric) for metric in COMPARED]
+            cells += [difference_text(compared, metric) for metric in COMPARED]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _difference(compared, metric):
+def difference_text(compared, metric):
+    """A pooled comparison as a table cell: `+0.0387 [-0.011, +0.087] p=0.140`, `reference`, or empty."""
     if compared is None:
         return ""
     diff, low, high, p = (compared[f"test_{metric}_diff{suffix}"] for suffix in ("", "_low", "_high", "_p"))
