@@ -14,6 +14,9 @@ RUN_DIR     ?= runs/head
 ABLATE_DIR  ?= runs/ablation
 ABLATE_FLAGS ?=
 E2E_DIR     ?= runs/e2e
+RUNS        ?=
+COMPARE_DIR ?= runs/compare
+COMPARE_FLAGS ?=
 INPUT       ?= $(DEMO_DIR)/new_posts.tsv
 OUT         ?= $(RUN_DIR)/new_posts.predictions.csv
 PREDICT_FLAGS ?=
@@ -38,7 +41,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict serve report bench bench-gpu test lint clean
+.PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict serve report compare bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,14 +56,19 @@ $(VENV)/.installed: pyproject.toml
 demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo
 	$(PY) data/make_demo.py --out $(DEMO_DIR)
 
-demo: demo-data  ## the whole main job on the demo sample, offline: embed, doctor, train the head, ablate, classify new posts
+demo: demo-data  ## the whole main job on the demo sample, offline: embed, doctor, train the head, ablate, classify new posts, compare
 	$(MAKE) --no-print-directory embed CACHE_DIR=runs/demo/cache
 	$(MAKE) --no-print-directory doctor CACHE_DIR=runs/demo/cache
 	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
 	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
 	$(MAKE) --no-print-directory predict RUN_DIR=runs/demo/head INPUT=$(DEMO_DIR)/new_posts.tsv \
 		OUT=runs/demo/new_posts.predictions.csv
-	@echo "Pages to open in a browser: runs/demo/head/report.html (the run) and runs/demo/ablation/report.html (the ablation)"
+	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head-text \
+		HEAD_FLAGS="--modalities text --no-report"
+	$(MAKE) --no-print-directory compare RUNS="runs/demo/head-text runs/demo/head" COMPARE_DIR=runs/demo/compare \
+		COMPARE_FLAGS=--overwrite
+	@echo "Pages to open in a browser: runs/demo/head/report.html (the run), runs/demo/ablation/report.html (the ablation)"
+	@echo "and runs/demo/compare/compare.html (the fusion run against the text-only run on the same test rows)"
 	@echo "To try posts in a browser or over HTTP: make serve RUN_DIR=runs/demo/head (then open http://127.0.0.1:$(PORT)/)"
 
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
@@ -91,6 +99,10 @@ serve: $(INSTALL)  ## serve the run in RUN_DIR over HTTP on 127.0.0.1:PORT (API,
 
 report: $(INSTALL)  ## one self-contained HTML page for RUN_DIR (a train-head, finetune-e2e or ablate folder)
 	$(PY) -m pipeline report $(RUN_DIR)
+
+compare: $(INSTALL)  ## compare run folders RUNS="a b ..." (the first is the reference) on the test rows they share, into COMPARE_DIR
+	@test -n "$(RUNS)" || { echo 'make compare needs RUNS="RUN_A RUN_B [RUN ...]" (run folders)' >&2; exit 2; }
+	$(PY) -m pipeline compare $(RUNS) --out $(COMPARE_DIR) $(COMPARE_FLAGS)
 
 bench: demo-data  ## benchmarks (builds the demo data first): runs/bench/results.json and results.md
 	$(PY) -m pipeline bench --out runs/bench

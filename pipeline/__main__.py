@@ -27,6 +27,7 @@ COMMANDS = {
     "bench": "pipeline.bench.cli",
     "report": "pipeline.report.cli",
     "doctor": "pipeline.doctor.cli",
+    "compare": "pipeline.compare.cli",
     "serve": "pipeline.serve.cli",
 }
 
@@ -70,6 +71,8 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What the run record (run.json) keeps as the command that made a folder.
+    args.command_line = ["python", "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)]
     _quiet_libraries()
     try:
         return args.command_run(args)

@@ -3,6 +3,7 @@ import json
 import pandas as pd
 
 from pipeline.__main__ import main
+from pipeline.runs.record import read_run
 from pipeline.train.ablate import NO_FUSION, markdown_table, summarize, variants
 from tests.helpers import SMALL_FLAGS
 
@@ -32,3 +33,6 @@ def test_ablate_writes_one_row_per_run_and_a_summary(xor_cache, tmp_path, capsys
     assert len(table.strip().splitlines()) == 2 + 4 and "±" in table
     assert table in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["grid"]["seeds"] == [0, 1]
+    record = read_run(out)  # one record for the whole grid: no single decision threshold
+    assert record.kind == "ablate" and record.threshold is None and record.cache["dir"] == str(xor_cache)
+    assert {"test_decision_threshold", "val_decision_threshold"} <= set(runs.columns)  # each run's own

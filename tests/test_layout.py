@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-STAGES = ("embed", "train", "e2e", "bench", "predict", "report", "doctor", "serve")
-COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "predict", "bench", "report", "doctor", "serve")
+STAGES = ("embed", "train", "e2e", "bench", "predict", "report", "doctor", "compare", "serve")
+COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "predict", "bench", "report", "doctor", "compare",
+            "serve")
 
 
 def imports(path):
@@ -37,7 +38,7 @@ def test_data_and_model_import_nothing_from_the_stages(room):
             assert not used & set(STAGES), f"{path.relative_to(PACKAGE)} imports {module} {names}"
 
 
-@pytest.mark.parametrize("room", ["e2e", "bench", "predict", "report", "doctor", "serve"])
+@pytest.mark.parametrize("room", ["e2e", "bench", "predict", "report", "doctor", "compare", "serve"])
 def test_other_rooms_use_only_public_names_of_other_rooms(room):
     for path in sorted((PACKAGE / room).glob("*.py")):
         for module, names in imports(path):

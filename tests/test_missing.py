@@ -147,7 +147,7 @@ def test_a_head_saved_without_missing_vectors_loads_and_refuses_half_posts(tmp_p
 
 def accuracy(run, rows):
     pred = run.predictions["test"]
-    return float(np.mean(pred["pred"][rows] == pred["label"][rows]))
+    return float(np.mean(pred["pred_at_0.5"][rows] == pred["label"][rows]))
 
 
 MARGIN = 0.01  # the 1 point, on the mean of 3 seeds (1,200 half-post test rows each)

@@ -14,12 +14,14 @@ from conftest import embed_flags, make_dataset, tiny_clip_config, write_split
 from PIL import Image
 from transformers import CLIPModel
 
+import pipeline
 from pipeline import Classifier
 from pipeline.__main__ import main
 from pipeline.embed import cache
 from pipeline.errors import UserError
 from pipeline.predict import encoders as guard
 from pipeline.predict.run import read_results
+from pipeline.runs.record import read_run
 from tests.helpers import SMALL_FLAGS
 
 
@@ -82,6 +84,11 @@ def test_e2e_run_records_its_own_exported_encoders(e2e_run):
     record = json.loads((e2e_run["run"] / "encoders.json").read_text())
     assert record["text_model"]["in_run"] == "export/text_model" and record["clip_lora"] is None
     assert record["class_names"] == ["fake", "real"] and 0 <= record["threshold"] <= 1
+    run = read_run(e2e_run["run"])  # its run record: the kind, its own split files, the same decision
+    assert run.kind == "finetune-e2e" and run.cache is None and run.data["data_dir"] == str(e2e_run["data"])
+    assert run.decision_threshold == record["threshold"]
+    assert run.encoders == {k: v for k, v in record.items() if k not in ("class_names", "threshold")}
+    assert json.loads((e2e_run["run"] / "config.json").read_text())["pipeline_version"] == pipeline.__version__
 
 
 def test_api_and_cli_agree_with_pil_images(head_run, tmp_path):

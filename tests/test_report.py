@@ -129,6 +129,22 @@ def test_ablation_page_has_the_table_the_plot_and_every_variant(runs):
     assert (runs["ablation"] / "ablation_f1.png").is_file()  # plots stay PNG files too
 
 
+def test_ablation_page_shows_the_paired_columns_of_ablation_md_and_links_comparisons(runs, tmp_path):
+    text = (runs["ablation"] / "report.html").read_text()
+    assert 'href="comparisons.csv"' in text and ">Δ test f1_macro vs text [95% CI]<" in text
+    rows = [line.strip("|").split(" | ") for line in (runs["ablation"] / "ablation.md").read_text().splitlines()[2:]]
+    assert len(rows) == 3  # text, text+image/concat, text+image/gated
+    for cells in rows:
+        for cell in (c.strip() for c in cells[-2:]):
+            assert f">{cell}<" in text, cell
+    assert sum(cell.strip() == "reference" for cells in rows for cell in cells) == 2  # the text row, both columns
+    folder = tmp_path / "old_ablation"  # a folder written before comparisons.csv: the page still builds
+    shutil.copytree(runs["ablation"], folder)
+    (folder / "comparisons.csv").unlink()
+    assert main(["report", str(folder)]) == 0
+    assert "Δ test" not in (folder / "report.html").read_text()
+
+
 def test_no_report_flag_and_a_folder_that_is_not_a_run(runs, tmp_path, capsys):
     assert main(["train-head", "--cache-dir", str(runs["root"] / "cache"), "--out", str(tmp_path / "quiet"),
                  "--device", "cpu", "--max-epochs", "1", "--no-report"]) == 0

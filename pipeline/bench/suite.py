@@ -168,21 +168,23 @@ def bench_predict(work, name, batch_size, num_workers, device, embed_rows_per_s)
     """`predict` on the rows `bench_embed` embedded, with the same models and settings, end to end as a user
     runs it (encoder check, model loading, embedding, head, output). The head is untrained: its weights
     cost the same whatever they are."""
-    from pipeline.data.splits import CLASS_NAMES, find_split_file
-    from pipeline.files import write_json_atomic
+    from pipeline.data.splits import find_split_file
     from pipeline.model.config import HeadConfig
     from pipeline.model.head import FusionHead, save_head
     from pipeline.predict.classifier import Classifier
     from pipeline.predict.run import predict_file
-    from pipeline.train.run_folder import ENCODERS_NAME, encoders_from_manifest
+    from pipeline.runs.encoders import from_manifest, write_encoders
+    from pipeline.runs.record import write_run_record
 
     manifest = cache.read_manifest(work / f"cache-{name}")
     embed = manifest["config"]["embed"]
     run = work / f"predict-run-{name}"
     save_head(run / "head", FusionHead(HeadConfig(text_dim=manifest["dims"]["text"],
                                                   image_dim=manifest["dims"]["image"])))
-    write_json_atomic(run / ENCODERS_NAME, {**encoders_from_manifest(manifest), "class_names": list(CLASS_NAMES),
-                                            "threshold": 0.5})
+    encoders = from_manifest(manifest)
+    write_encoders(run, encoders, 0.5)
+    write_run_record(run, "train-head", cache={"dir": str(work / f"cache-{name}"),
+                                               "fingerprint": manifest.get("fingerprint")}, encoders=encoders)
     started = time.perf_counter()
     classifier = Classifier.from_run(run, device=device, batch_size=batch_size)
     summary = predict_file(classifier, find_split_file(embed["data_dir"], "train"), work / f"predict-{name}.csv",

@@ -35,7 +35,8 @@ def run(args):
 
     data, head, train = configs_from_args(args, EmbedConfig, HeadConfig, TrainConfig,
                                           EmbedConfig=_UNUSED_EMBED_FLAGS)
-    out = run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train))
+    out = run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train),
+                       command_line=getattr(args, "command_line", None))
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes the run folder under torchrun
         report_if_asked(args, out)
     return 0

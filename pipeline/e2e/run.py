@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
+import pipeline
 from pipeline.data.images import ImageSettings
 from pipeline.data.splits import SPLITS, read_split
 from pipeline.device import decode_workers, resolve_device
@@ -23,18 +24,20 @@ from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
 from pipeline.e2e.export import export_model
 from pipeline.e2e.trainer import MultimodalTrainer, configure_trainable, metrics_from_logits
 from pipeline.embed.cache import write_skipped
-from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
 from pipeline.model.text_encoder import load_tokenizer
+from pipeline.runs.encoders import exported
+from pipeline.runs.record import data_of_e2e
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
 from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
 
 
-def run_finetune(data, config, log=print):
-    """`data` is stage one's EmbedConfig (data and model flags); returns the run folder.
+def run_finetune(data, config, log=print, command_line=None):
+    """`data` is stage one's EmbedConfig (data and model flags); returns the run folder. `command_line`
+    (the words typed) goes into its run record.
 
     Under torchrun the Trainer runs DDP (gloo on CPU, NCCL on CUDA); every rank
     evaluates its share, and rank 0 alone writes the run folder and the exports.
@@ -67,28 +70,19 @@ def run_finetune(data, config, log=print):
     run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
-    resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
+    resolved = {"command": "finetune-e2e", "pipeline_version": pipeline.__version__, "data": asdict(data),
+                "finetune": asdict(config),
                 "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
-    write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model))
+    # The pooling the model was trained through, as export/embed.sh names it.
+    encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, asdict(settings),
+                        model.dims)
+    write_run(out, run, resolved, encoders=encoders, command_line=command_line, data=data_of_e2e(data))
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
     log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
     return out
-
-
-def _exported_encoders(out, data, settings, model):
-    """The run's own export/ encoders (LoRA merged into export/clip_model), as `predict` rebuilds them, with
-    the pooling the model was trained through (as export/embed.sh names it); `in_run` lets a moved run
-    folder find them."""
-    def exported(name):
-        path = out / "export" / name
-        return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
-
-    return {"text_model": exported("text_model"), "clip_model": exported("clip_model"), "clip_lora": None,
-            "lora_alpha": None, "pooling": model.text_encoder.pooling, "max_length": data.max_length,
-            "clip_embedding": data.clip_embedding, "image": asdict(settings), "dims": model.dims}
 
 
 def _load_rows(data, settings, log):
@@ -190,10 +184,10 @@ def _newest_checkpoint(folder):
 
 def _is_complete(checkpoint):
     try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-        return True
-    except (FileNotFoundError, json.JSONDecodeError):
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(state, dict)  # the Trainer's state is an object; anything else was not written by it
 
 
 def _evaluate(trainer, splits, datasets, weights, train_config):

@@ -10,8 +10,6 @@ outside autocast, as it scores stage one's cached ones, so the CLI and the API
 give the same probabilities for the same rows.
 """
 
-import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -27,7 +25,10 @@ from pipeline.model.classifier import build_encoders
 from pipeline.model.head import load_head
 from pipeline.model.text_encoder import load_tokenizer
 from pipeline.predict import encoders as guard
+from pipeline.predict.config import parse_threshold
 from pipeline.predict.run import predict_file, read_results, results_frame
+from pipeline.runs.readers import read_calibration
+from pipeline.runs.record import read_run
 from pipeline.train.calibration import apply_temperature
 
 SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
@@ -35,14 +36,22 @@ SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
 
 def stored_temperature(head_folder):
     """The temperature `--calibrate temperature` stored with the head (head_config.json), or None."""
-    extra = json.loads((Path(head_folder) / "head_config.json").read_text()).get("extra") or {}
-    temperature = (extra.get("calibration") or {}).get("temperature")
-    if temperature is None:
-        return None
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise UserError(f"{head_folder}/head_config.json: calibration temperature {temperature!r} is not a positive "
-                        "number; retrain with --calibrate temperature or remove the calibration entry")
-    return float(temperature)
+    return read_calibration(head_folder)
+
+
+def run_threshold(record, threshold):
+    """The threshold to decide at: "run" = the run's decision threshold (pipeline.runs.threshold), "tuned" =
+    its val-tuned one even when the rule does not use it, or a number in [0, 1]."""
+    value = parse_threshold(threshold)
+    if value is None:
+        raise UserError(f"--threshold {threshold!r}: not a threshold; use 'run', 'tuned' or a number from 0 to 1")
+    if value == "run":
+        return record.decision_threshold
+    if value == "tuned":
+        if record.tuned_threshold is None:
+            raise UserError(f"{record.folder}: the run has no tuned threshold; use --threshold run or a number")
+        return record.tuned_threshold
+    return value
 
 
 class Classifier:
@@ -60,10 +69,16 @@ class Classifier:
         self.batch_size = batch_size
 
     @classmethod
-    def from_run(cls, run_dir, device="auto", threshold="tuned", text_model=None, clip_model=None, clip_lora=None,
+    def from_run(cls, run_dir, device="auto", threshold="run", text_model=None, clip_model=None, clip_lora=None,
                  pooling=None, allow_other_encoders=False, batch_size=64, max_pixels=None):
-        """Load the run's head and the encoders it was trained on (checked by content; see `predict.encoders`)."""
+        """Load the run's head and the encoders it was trained on (checked by content; see `predict.encoders`).
+        `threshold`: "run" (the run's decision threshold, as in its predictions files), "tuned" or a number."""
         run_dir = Path(run_dir)
+        run = read_run(run_dir)
+        if run.kind not in ("train-head", "finetune-e2e"):
+            raise UserError(f"{run_dir}: a {run.kind} folder, which holds no single head; point at a run folder "
+                            "of train-head or finetune-e2e")
+        decide_at = run_threshold(run, threshold)
         record = guard.read_record(run_dir)
         given = {"text_model": text_model, "clip_model": clip_model, "clip_lora": clip_lora, "pooling": pooling}
         encoders, warnings = guard.resolve(run_dir, record, given, allow_other_encoders)
@@ -75,11 +90,8 @@ class Classifier:
         image = {**encoders["image"], "mean": tuple(encoders["image"]["mean"]), "std": tuple(encoders["image"]["std"])}
         if max_pixels is not None:
             image["max_pixels"] = max_pixels
-        if threshold != "tuned" and not 0 <= float(threshold) <= 1:
-            raise UserError(f"--threshold {threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1")
         return cls(model.to(device).eval(), load_tokenizer(encoders["text_model"]), ImageSettings(**image), encoders,
-                   record["threshold"] if threshold == "tuned" else float(threshold), device, run_dir, warnings,
-                   batch_size, temperature=stored_temperature(run_dir / "head"))
+                   decide_at, device, run_dir, warnings, batch_size, temperature=stored_temperature(run_dir / "head"))
 
     @property
     def fingerprint(self):

@@ -9,9 +9,12 @@ from pipeline.model.config import POOLINGS
 
 
 def parse_threshold(value):
-    """'tuned' (the run's validation-tuned threshold) or a number in [0, 1]; None when it is neither."""
-    if value == "tuned":
+    """'run' (the run's decision threshold), 'tuned' (its validation-tuned one) or a number in [0, 1]; None
+    when it is neither."""
+    if value in ("run", "tuned"):
         return value
+    if isinstance(value, bool):
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -28,8 +31,10 @@ class PredictConfig:
     out: str = help_field("CSV to write: one line per input row, in input order")
     image_root: str = help_field("folder local_image_path is relative to (default: the input's folder)", default=None)
     image_pattern: str = help_field("image file name when the TSV has no local_image_path column", default="{id}.jpg")
-    threshold: str = help_field("'tuned' (the run's validation-tuned threshold) or a number in [0, 1]",
-                                default="tuned")
+    threshold: str = help_field(
+        "'run' (the run's decision threshold, as in its predictions files: the val-tuned one when val has enough "
+        "rows of each class, else 0.5; see docs/outputs.md), 'tuned' (the val-tuned one regardless) or a number "
+        "in [0, 1]", default="run")
     text_model: str = help_field("the run's text model, if it moved (default: the path the run recorded)",
                                  default=None)
     clip_model: str = help_field("the run's CLIP folder, if it moved", default=None)
@@ -59,7 +64,7 @@ class PredictConfig:
             existing(self, "clip_model"), existing(self, "clip_lora", kind="path"),
             None if self.pooling is None else one_of(self, "pooling", POOLINGS),
             None if parse_threshold(self.threshold) is not None else
-            f"--threshold {self.threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1",
+            f"--threshold {self.threshold!r}: not a threshold; use 'run', 'tuned' or a number from 0 to 1",
             device_name(self), one_of(self, "on_bad_image", BAD_IMAGE_POLICIES),
             one_of(self, "on_empty_title", EMPTY_TITLE_POLICIES),
             *(whole(self, name, minimum) for name, minimum in (

@@ -10,18 +10,12 @@ from pathlib import Path
 
 from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
-from pipeline.files import read_json_object
-from pipeline.train.run_folder import ENCODERS_NAME
-
-MODELS = ("text_model", "clip_model", "clip_lora")
+from pipeline.runs.encoders import ENCODERS_NAME, MODELS, read_encoders
 
 
 def read_record(run_dir):
-    return read_json_object(
-        Path(run_dir) / ENCODERS_NAME,
-        "missing, so the run does not say which encoders made its features (runs trained before `predict` "
-        "existed, or on a cache without model records, lack it); train the head again with train-head",
-        "train the head again")
+    """The run's encoders.json, every field checked (pipeline.runs.encoders)."""
+    return read_encoders(run_dir)
 
 
 def resolve(run_dir, record, given, allow_other=False):

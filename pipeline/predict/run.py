@@ -22,6 +22,7 @@ from pipeline.embed import cache, owned
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.fingerprint import combine, path_sha256
 from pipeline.embed.run import cache_lock, embed_split
+from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.train.metrics import compute_metrics
 
@@ -114,9 +115,10 @@ def _prepare(folder, inputs, log):
     fingerprint = combine(inputs)
     path = folder / cache.FINGERPRINT_NAME
     try:
-        old = json.loads(path.read_text()).get("fingerprint")
-    except (FileNotFoundError, json.JSONDecodeError):
-        old = None
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    old = doc.get("fingerprint") if isinstance(doc, dict) else None  # anything else: ours, not valid: embed afresh
     cache.remove_temp_files(folder)
     if old == fingerprint:
         done = len(cache.existing_parts(folder, SPLIT))
@@ -137,7 +139,8 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
             reasons = {entry["row"]: entry["reason"] for entry in rows_of_part.skipped}
             kept = [row for row in span if row not in reasons]
             if [rows.ids[row] for row in kept] != rows_of_part.ids:
-                raise RuntimeError(f"{folder}: part {part} does not hold the input's rows; delete the folder")
+                raise UserError(f"{cache.part_path(folder, SPLIT, part)}: does not hold the input's rows (ids "
+                                "differ); delete the folder (or give another --cache-dir) and rerun")
             halves = {entry["row"]: entry["reason"] for entry in rows_of_part.partial}
             has_text, has_image = rows_of_part.has_text, rows_of_part.has_image
             scorable = classifier.can_score(has_text, has_image)  # (kept,) bool

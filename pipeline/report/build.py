@@ -22,14 +22,18 @@ def report_if_asked(args, folder, log=print):
 
 
 def kind_of(folder):
-    """'ablation' (ablation.csv), 'run' (metrics.json + config.json) or an error naming what is missing."""
+    """'ablation' or 'run', as the folder's run record says (pipeline.runs.record), or an error naming what
+    is missing."""
+    from pipeline.runs.record import RUN_NAME, read_run
+
     folder = Path(folder)
-    if (folder / "ablation.csv").is_file():
-        return "ablation"
-    if (folder / "metrics.json").is_file() and (folder / "config.json").is_file():
-        return "run"
-    raise UserError(f"{folder}: neither a run folder (metrics.json + config.json, written by train-head or "
-                    "finetune-e2e) nor an ablation folder (ablation.csv); point at one of those")
+    if not any((folder / name).is_file() for name in (RUN_NAME, "ablation.csv", "config.json")):
+        raise UserError(f"{folder}: neither a run folder (run.json, or metrics.json + config.json, written by "
+                        "train-head or finetune-e2e) nor an ablation folder (ablation.csv); point at one of those")
+    kind = read_run(folder).kind
+    if kind not in ("train-head", "finetune-e2e", "ablate"):
+        raise UserError(f"{folder}: a {kind} folder, which `report` has no page for")
+    return "ablation" if kind == "ablate" else "run"
 
 
 def write_report(folder, out=None):

@@ -20,8 +20,10 @@ from pipeline.report.markup import Raw, escape, png_data_uri
 THUMBNAIL = 96  # pixels: a square, centre-cropped as the model sees it
 
 
-def worst_errors(predictions, count=24):
-    """The `count` wrong rows (at threshold 0.5, column `pred`) whose predicted class was most probable."""
+def worst_errors(predictions, threshold=0.5, count=24):
+    """The `count` wrong rows at `threshold` (the run's decision threshold: real when prob_real > it, as its
+    predictions files decide) whose predicted class was most probable."""
+    predictions = predictions.assign(pred=(predictions["prob_real"] > threshold).astype(int))
     wrong = predictions[predictions["pred"] != predictions["label"]].copy()
     wrong["confidence"] = (wrong["prob_real"] - 0.5).abs() + 0.5
     return wrong.sort_values("confidence", ascending=False, kind="stable").head(count)
@@ -48,9 +50,9 @@ def thumbnail(image_root, relative):
     return png_data_uri(buffer.getvalue())
 
 
-def error_cards(predictions, data, count=24):
+def error_cards(predictions, data, threshold=0.5, count=24):
     """The worst errors as HTML cards (title, thumbnail, true and predicted class, probability)."""
-    worst = worst_errors(predictions, count)
+    worst = worst_errors(predictions, threshold, count)
     if worst.empty:
         return Raw("<p>No test row is predicted wrong.</p>")
     rows, image_root = test_rows(data) if data else (None, "the run does not record its data folder")
@@ -70,10 +72,11 @@ def error_cards(predictions, data, count=24):
     return Raw(f'{note}<div class="errors">{"".join(cards)}</div>')
 
 
-def data_settings(config):
-    """Stage one's data flags for a run: from the cache manifest (train-head) or the run's own config (e2e)."""
-    if "data" in config:
-        return config["data"]
+def data_settings(record, config):
+    """Stage one's data flags for a run: the run's own (finetune-e2e reads its split files itself) or those
+    of the cache it was trained on (train-head), as its record says."""
+    if record.kind == "finetune-e2e":
+        return record.data or config.get("data")
     from pipeline.embed.cache import read_manifest
 
     cache_dir = (config.get("cache") or {}).get("dir")

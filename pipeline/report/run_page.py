@@ -3,48 +3,51 @@
 import json
 from pathlib import Path
 
-import pandas as pd
-
+from pipeline.errors import UserError
 from pipeline.report.examples import data_settings, error_cards
 from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
+from pipeline.runs.readers import read_config, read_metrics, read_predictions, read_skipped
+from pipeline.runs.record import read_run
 
 FIGURES = (("curves.png", "learning curves (dashed line: best epoch)"), ("confusion_matrix.png", "confusion matrices"),
            ("roc.png", "ROC curves"), ("pr.png", "precision-recall curves"), ("reliability.png", "reliability diagram"))
 SPLIT_COUNTS = ("rows_read", "rows_embedded", "rows_skipped")
 
 
-def read_json(path):
-    return json.loads(Path(path).read_text())
-
-
 def run_page(folder):
     folder = Path(folder)
-    config, metrics = read_json(folder / "config.json"), read_json(folder / "metrics.json")
-    data = data_settings(config)
+    record = read_run(folder)  # the run's kind and decision threshold: asked, never guessed from config keys
+    config, metrics = read_config(folder), read_metrics(folder)
+    data = data_settings(record, config)
     sections = [
-        section("Metrics", metrics_section(metrics), "metrics"),
-        section("Data", data_section(config, folder), "data"),
+        section("Metrics", metrics_section(metrics, record), "metrics"),
+        section("Data", data_section(config, folder, record), "data"),
         section("Training and curves", figures_section(folder, config), "curves"),
-        section("Worst errors", worst_errors_section(folder, data), "errors"),
+        section("Worst errors", worst_errors_section(folder, data, record.decision_threshold), "errors"),
         section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
     ]
     doctor = doctor_section(config)
     if doctor:
         sections.insert(2, section("Leakage doctor", doctor, "doctor"))
-    command = config.get("command", "run")
-    return page(f"{command}: {folder.name}", f"Run folder {folder.resolve()}", sections)
+    return page(f"{record.kind}: {folder.name}", f"Run folder {folder.resolve()}", sections)
 
 
-def metrics_section(metrics):
-    """Every metric of metrics.json: val and test at threshold 0.5 and at the threshold tuned on val."""
+def metrics_section(metrics, record):
+    """Every metric of metrics.json: val and test at threshold 0.5 and at the threshold tuned on val, and which
+    of the two the run decides at."""
     columns = [(split, metrics[split]) for split in ("val", "test") if split in metrics]
     columns += [(f"{split} (tuned)", values["tuned"]) for split, values in columns if "tuned" in values]
     names = [key for key, value in columns[0][1].items() if _is_number(value)] if columns else []
     rows = [[name, *(_with_interval(values, name) for _, values in columns)] for name in names]
     threshold = metrics.get("test", {}).get("tuned", {}).get("threshold")
+    decision = record.threshold or {}
+    uses = "the tuned columns" if decision.get("source") == "tuned" else "the 0.5 columns"
     note = paragraph(f"Top-level metrics use threshold 0.5; the tuned columns use {fmt(threshold)}, "
                      "tuned on validation only (optimistic on val itself, honest on test). Intervals, when shown, "
-                     "are 95% bootstrap intervals.", note=True)
+                     f"are 95% bootstrap intervals. The run decides at {fmt(record.decision_threshold)} ({uses}; "
+                     f"the rule: {decision.get('rule', '0.5')}; val rows per class: "
+                     f"{decision.get('rows_per_class')}): its predictions files, worst errors and `predict` use it.",
+                     note=True)
     return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
                + presence_tables(metrics))
 
@@ -73,34 +76,41 @@ def _with_interval(values, name):
     return f"{shown} [{fmt(interval[0], 2)}, {fmt(interval[1], 2)}]" if interval else shown
 
 
-def data_section(config, folder):
+def data_section(config, folder, record):
     parts = []
     cache = config.get("cache")
-    manifest = _manifest(cache.get("dir")) if cache else None
-    if manifest:
+    manifest, problem = _manifest(cache.get("dir")) if cache else (None, None)
+    if problem:
+        parts.append(paragraph(f"Cache {cache.get('dir')}: {problem}", note=True))
+    elif manifest:
         parts.append(paragraph(f"Cache {cache['dir']} (fingerprint {str(manifest.get('fingerprint'))[:12]})"))
         parts.append(_split_table(manifest["splits"]))
         parts.append(_encoders_table(manifest))
     elif cache:
         parts.append(paragraph(f"Cache {cache.get('dir')}: not found from here; rows used per split: "
                                f"{cache.get('rows')}", note=True))
-    if "data" in config:  # finetune-e2e reads the split files itself
+    if record.kind == "finetune-e2e" and "data" in config:  # it reads the split files itself
         data = config["data"]
         parts.append(table(["setting", "value"], [[k, data.get(k)] for k in (
             "data_dir", "image_root", "text_model", "clip_model", "clip_lora", "pooling", "max_length")]))
     skipped = folder / "skipped.tsv"
     if skipped.is_file():
-        reasons = pd.read_csv(skipped, sep="\t", dtype=str, keep_default_na=False)
+        reasons = read_skipped(skipped)
         counts = reasons.groupby(["split", "reason"]).size().reset_index(name="rows").values.tolist()
         parts.append(Raw("<h3>Skipped rows</h3>" + table(["split", "reason", "rows"], counts, text_columns=2)))
     return Raw("".join(parts))
 
 
 def _manifest(cache_dir):
+    """(the cache's manifest, None), (None, what is wrong with it), or (None, None) when it is not there."""
+    from pipeline.embed.cache import read_manifest
+
+    if not (Path(cache_dir) / "manifest.json").is_file():
+        return None, None
     try:
-        return read_json(Path(cache_dir) / "manifest.json")
-    except (OSError, ValueError, TypeError):
-        return None
+        return read_manifest(cache_dir), None
+    except UserError as error:
+        return None, f"its manifest cannot be read ({error})"
 
 
 def _split_table(splits):
@@ -144,10 +154,11 @@ def doctor_section(config):
     return Raw(paragraph(f"From {path}") + notes + f"<ul>{items}</ul>")
 
 
-def worst_errors_section(folder, data):
+def worst_errors_section(folder, data, threshold):
     path = folder / "predictions_test.csv"
     if not path.is_file():
         return paragraph("No predictions_test.csv in the run folder.", note=True)
-    predictions = pd.read_csv(path, dtype={"id": str})
-    intro = paragraph("The test rows predicted wrong (threshold 0.5) with the highest confidence.", note=True)
-    return Raw(intro + error_cards(predictions, data))
+    predictions = read_predictions(path)
+    intro = paragraph(f"The test rows predicted wrong (at the run's decision threshold {fmt(threshold)}) with the "
+                      "highest confidence.", note=True)
+    return Raw(intro + error_cards(predictions, data, threshold))

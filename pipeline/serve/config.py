@@ -39,8 +39,8 @@ class ServeConfig:
     max_concurrency: int = help_field("requests being answered at once at most; more get 503 with Retry-After",
                                       default=64)
     request_timeout_s: float = help_field("a request not answered in this time gets 503", default=30.0)
-    threshold: str = help_field("'tuned' (the run's validation-tuned threshold) or a number in [0, 1]",
-                                default="tuned")
+    threshold: str = help_field("'run' (the run's decision threshold, as predict's default), 'tuned' (its "
+                                "validation-tuned one) or a number in [0, 1]", default="run")
     text_model: str = help_field("the run's text model, if it moved (default: the path the run recorded)",
                                  default=None)
     clip_model: str = help_field("the run's CLIP folder, if it moved", default=None)
@@ -54,7 +54,7 @@ class ServeConfig:
             existing(self, "run"), existing(self, "token_file", kind="path"), existing(self, "text_model"),
             existing(self, "clip_model"), existing(self, "clip_lora", kind="path"),
             None if parse_threshold(self.threshold) is not None else
-            f"--threshold {self.threshold!r}: not a threshold; use 'tuned' or a number from 0 to 1",
+            f"--threshold {self.threshold!r}: not a threshold; use 'run', 'tuned' or a number from 0 to 1",
             device_name(self), self._auth_problem(),
             None if isinstance(self.port, int) and 0 <= self.port <= 65535 else
             f"--port {self.port!r}: not a TCP port; use a number from 0 to 65535",

@@ -108,8 +108,10 @@ def _row(modalities, fusion, seed, run):
             for key, value in values.items():
                 if key == "confusion_matrix":
                     value = json.dumps(value)
-                if key not in ("tuned", "by_presence"):
+                if key not in ("tuned", "by_presence", "decision"):
                     row[f"{prefix}_{key}"] = value
+        if "decision" in metrics:  # the run's own decision threshold (pipeline.runs.threshold)
+            row[f"{split}_decision_threshold"] = metrics["decision"]["threshold"]
         # by_presence as columns: <split>_<group>_<metric> at 0.5, e.g. test_text_only_f1_macro
         for group, values in metrics.get("by_presence", {}).items():
             for key, value in values.items():
@@ -153,12 +155,13 @@ def markdown_table(summary, pooled=None):
         cells += [_mean_std(row[f"{c}_mean"], row[f"{c}_std"]) for c in extra]
         if comparisons:
             compared = comparisons.get((row["modalities"], row["fusion"]))
-            cells += [_difference(compared, metric) for metric in COMPARED]
+            cells += [difference_text(compared, metric) for metric in COMPARED]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _difference(compared, metric):
+def difference_text(compared, metric):
+    """A pooled comparison as a table cell: `+0.0387 [-0.011, +0.087] p=0.140`, `reference`, or empty."""
     if compared is None:
         return ""
     diff, low, high, p = (compared[f"test_{metric}_diff{suffix}"] for suffix in ("", "_low", "_high", "_p"))

@@ -5,8 +5,8 @@ with early stopping and a validation-tuned threshold, as `train-head` does),
 compares every variant with a reference (--reference, default text only) on the
 same test rows (paired bootstrap: difference, 95% interval, p-value; per seed and
 pooled), prints the table and writes ablation.csv (one row per run, every metric
-and its comparison), comparisons.csv (pooled over seeds), ablation.md (the table)
-and config.json into --out.
+and its comparison), comparisons.csv (pooled over seeds), ablation.md (the table),
+config.json and run.json (the run record) into --out.
 """
 
 from dataclasses import asdict, replace
@@ -49,6 +49,8 @@ def run(args):
     out = claim_out(args.out, args.overwrite, "ablate")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
+    from pipeline.runs.encoders import from_manifest
+    from pipeline.runs.record import write_run_record
     from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
     from pipeline.train.eval_ids import apply_eval_ids
     from pipeline.train.fit import load_cached_splits
@@ -65,6 +67,8 @@ def run(args):
                         reference=args.reference)
     table = markdown_table(summarize(runs), runs.attrs["pooled"])
     out = output_folder(out, "--out")
+    write_run_record(out, "ablate", cache={"dir": args.cache_dir, "fingerprint": manifest.get("fingerprint")},
+                     encoders=from_manifest(manifest), command_line=getattr(args, "command_line", None))
     write_csv(out / "ablation.csv", runs)
     write_csv(out / "comparisons.csv", runs.attrs["pooled"])
     write_text_atomic(out / "ablation.md", table)

@@ -42,10 +42,11 @@ def run(args):
     out = claim_out(args.out or default_out(head_config, train_config.seed), args.overwrite, "train-head")
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
+    from pipeline.runs.encoders import from_manifest
     from pipeline.train.eval_ids import apply_eval_ids
     from pipeline.train.fit import load_cached_splits, train_head
     from pipeline.train.metrics import shown, shown_by_presence, with_intervals
-    from pipeline.train.run_folder import encoders_from_manifest, resolved_config, write_run
+    from pipeline.train.run_folder import resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
@@ -60,7 +61,8 @@ def run(args):
     if eval_ids:
         for split in ("val", "test"):
             result.metrics[split]["eval_ids"] = {"file": eval_ids["file"], **eval_ids["rows"][split]}
-    out = write_run(out, result, config, encoders=encoders_from_manifest(manifest))
+    out = write_run(out, result, config, encoders=from_manifest(manifest),
+                    command_line=getattr(args, "command_line", None))
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
         print(f"{label} by presence: {shown_by_presence(result.metrics[split])}")
@@ -72,9 +74,11 @@ def run(args):
         calibration = result.metrics["test"]["calibration"]
         print(f"Temperature fitted on validation: T = {result.temperature:.3f}; test ECE "
               f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} (stored in head/head_config.json)")
-    tuned = result.metrics["test"]["tuned"]
+    tuned, decision = result.metrics["test"]["tuned"], result.metrics["test"]["decision"]
     print(f"Threshold tuned on validation: {tuned['threshold']:.4f} -> "
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")
+    print(f"Decision threshold: {decision['threshold']:.4f} ({'tuned' if decision['source'] == 'tuned' else 'default'}"
+          f"; the rule: {decision['rule']}; val has {decision['rows_per_class']} rows per class)")
     print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
           f"{result.seconds:.1f} s)")
     report_if_asked(args, out)

@@ -16,6 +16,7 @@ Conventions:
 import numpy as np
 
 from pipeline.data.splits import CLASS_NAMES
+from pipeline.runs.threshold import decide_from_labels
 from pipeline.train.bootstrap import bootstrap_ci, with_interval
 from pipeline.train.calibration import brier_score, expected_calibration_error
 
@@ -115,13 +116,17 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
     `by_presence`: the same metrics (and "tuned") for each group present, the
     loss from `class_weights` as in training. With `bootstrap` > 0 resamples,
     the split's metrics dicts get `ci95` (seeded by `seed`; the tuned threshold
-    is held fixed inside the resamples).
+    is held fixed inside the resamples). Each split's metrics also get `decision`: the run's decision
+    threshold by the one threshold rule (pipeline.runs.threshold), at which `pred` is decided
+    (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5).
     """
     threshold = tune_threshold(labels["val"], probs["val"])
+    decision = decide_from_labels(threshold, labels["val"])
     metrics, predictions = {}, {}
     for name, prob in probs.items():
         metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
         metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        metrics[name]["decision"] = decision.as_dict()
         if bootstrap:
             for values in (metrics[name], metrics[name]["tuned"]):
                 values["ci95"] = bootstrap_ci(labels[name], prob, values["threshold"], bootstrap, seed)
@@ -136,7 +141,9 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
                         **compute_metrics(y, p, loss=loss),
                         "tuned": compute_metrics(y, p, threshold=threshold, loss=loss)}
         predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
-                             "pred": (prob > 0.5).astype(np.int64), "pred_tuned": (prob > threshold).astype(np.int64)}
+                             "pred": (prob > decision.threshold).astype(np.int64),
+                             "pred_tuned": (prob > threshold).astype(np.int64),
+                             "pred_at_0.5": (prob > 0.5).astype(np.int64)}
     return metrics, predictions
 
 

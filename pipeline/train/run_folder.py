@@ -1,13 +1,15 @@
 """The run folder of `train-head`: everything needed to inspect, compare and reuse one run.
 
+    run.json                 the run record (kind, cache, encoders, decision threshold...): pipeline.runs.record
     config.json              resolved head + training config, cache path, fingerprint and dims
     metrics.json             {"val": {...}, "test": {...}}; top level at threshold 0.5, "tuned" at the val-tuned one
     epochs.csv               one row per epoch: train_loss, val_loss, val metrics, seconds
-    predictions_val.csv      id, label, prob_real, pred (0.5), pred_tuned (tuned threshold)
+    predictions_val.csv      id, label, prob_real, pred (the run's decision threshold, pipeline.runs.threshold),
+                             pred_tuned (tuned threshold), pred_at_0.5
     predictions_test.csv
     head/                    model.safetensors + head_config.json (loads with pipeline.head.load_head);
                              with --calibrate temperature, head_config.json's extra.calibration.temperature
-    encoders.json            what rebuilds the feature extractor the head was trained on (for `predict`)
+    encoders.json            what rebuilds the feature extractor the head was trained on (pipeline.runs.encoders)
     curves.png, confusion_matrix.png, roc.png, pr.png, reliability.png
 """
 
@@ -18,14 +20,15 @@ from pathlib import Path
 import pandas as pd
 
 import pipeline
-from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.head import FusionHead, save_head
+from pipeline.runs.encoders import write_encoders
+from pipeline.runs.record import write_run_record
+from pipeline.runs.threshold import Decision
 from pipeline.train.plots import plot_confusion_matrices, plot_reliability, plot_roc_pr, plot_training_curves
 
-ENCODERS_NAME = "encoders.json"
-FILES = ("config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
+FILES = ("run.json", "config.json", "metrics.json", "epochs.csv", "predictions_val.csv", "predictions_test.csv",
          "head/model.safetensors", "head/head_config.json",
          "curves.png", "confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
 
@@ -89,35 +92,22 @@ def write_csv(path, columns):
     write_atomic(path, lambda tmp: pd.DataFrame(columns).to_csv(tmp, index=False))
 
 
-def encoders_from_manifest(manifest):
-    """What rebuilt the features of a cache: the models' paths as given and content hashes (the manifest's
-    `inputs`), pooling, max length, image settings; None for a cache without model records (`write_cache`)."""
-    inputs, given = manifest.get("inputs") or {}, (manifest.get("config") or {}).get("embed") or {}
-    if not inputs.get("text_model"):
-        return None
-
-    def model(name):
-        return {"path": given.get(name), "sha256": inputs[name]} if inputs.get(name) else None
-
-    image = dict(inputs["image"])
-    return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": model("clip_lora"),
-            "lora_alpha": inputs.get("lora_alpha"), "pooling": inputs["text"]["pooling"],
-            "max_length": inputs["text"]["max_length"], "clip_embedding": image.pop("embedding"), "image": image,
-            "dims": manifest["dims"]}
-
-
-def write_run(out, run, config, encoders=None):
+def write_run(out, run, config, encoders=None, command_line=None, data=None):
     """Write a `HeadRun` and its resolved `config` (a JSON-able dict) into folder `out`; every file is
     written to a temp file and renamed, so no symlink in `out` is followed.
 
-    `encoders` (see `encoders_from_manifest`) goes into encoders.json with the class names and the
-    validation-tuned threshold: all `predict` needs besides the head.
+    `encoders` (see pipeline.runs.encoders) goes into encoders.json with the class names and the run's
+    decision threshold: all `predict` needs besides the head. run.json records the run (its kind is
+    config["command"]); `data` is finetune-e2e's split files (pipeline.runs.record).
     """
     out = output_folder(out, "--out")
+    decision = Decision.from_dict(run.metrics["val"]["decision"])
+    cache = config.get("cache")
+    write_run_record(out, config["command"], cache=cache, encoders=encoders, decision=decision, data=data,
+                     command_line=command_line)
     write_json_atomic(out / "config.json", config)
     if encoders is not None:
-        write_json_atomic(out / ENCODERS_NAME, {**encoders, "class_names": list(CLASS_NAMES),
-                                                "threshold": run.metrics["test"]["tuned"]["threshold"]})
+        write_encoders(out, encoders, decision.threshold)
     write_json_atomic(out / "metrics.json", run.metrics)
     write_csv(out / "epochs.csv", run.fit.history)
     for split, columns in run.predictions.items():

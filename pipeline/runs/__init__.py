@@ -1,0 +1,1 @@
+"""Run folders: the run record (run.json), the encoders record (encoders.json) and the validated readers."""

@@ -1,0 +1,93 @@
+"""The one owner of a run folder's encoders.json: what rebuilds the feature extractor its head was trained on.
+
+    text_model, clip_model, clip_lora   {"path": as given, "sha256": content hash[, "in_run": path in the run]}
+                                        (clip_lora may be null)
+    lora_alpha, pooling, max_length, clip_embedding, image (size, mean, std, max_pixels, draft), dims
+    class_names, threshold              the run's decision threshold (pipeline.runs.threshold)
+
+train-head builds it from the cache's manifest (`from_manifest`), finetune-e2e from its own export/
+(`exported`); both write it through `write_encoders`, and `predict` / `Classifier` read it through
+`read_encoders`, which checks every field.
+"""
+
+import json
+from pathlib import Path
+
+from pipeline.data.images import MAX_IMAGE_SIZE
+from pipeline.data.splits import CLASS_NAMES
+from pipeline.embed.fingerprint import path_sha256
+from pipeline.errors import UserError
+from pipeline.fields import INTEGER, NUMBER, Field, checked, numbers, one_of, positive, within
+from pipeline.files import read_json_object, write_json_atomic
+from pipeline.model.config import EMBEDDINGS, POOLINGS
+
+ENCODERS_NAME = "encoders.json"
+MODELS = ("text_model", "clip_model", "clip_lora")
+_MODEL_FIELDS = (Field("path", str), Field("sha256", str), Field("in_run", str, optional=True))
+_IMAGE_FIELDS = (Field("size", INTEGER, within(1, MAX_IMAGE_SIZE)), Field("mean", list, numbers(3, 0, 1)),
+                 Field("std", list, numbers(3, 1e-6, 10)), Field("max_pixels", INTEGER, positive()),
+                 Field("draft", bool))
+FIELDS = (
+    Field("text_model", dict, fields=_MODEL_FIELDS), Field("clip_model", dict, fields=_MODEL_FIELDS),
+    Field("clip_lora", dict, fields=_MODEL_FIELDS, optional=True), Field("lora_alpha", NUMBER, positive(),
+                                                                         optional=True),
+    Field("pooling", str, one_of(POOLINGS)), Field("max_length", INTEGER, positive()),
+    Field("clip_embedding", str, one_of(EMBEDDINGS)), Field("image", dict, fields=_IMAGE_FIELDS),
+    Field("dims", dict, fields=(Field("text", INTEGER, positive()), Field("image", INTEGER, positive()))),
+    Field("class_names", list, lambda names: None if len(names) == 2 and all(isinstance(n, str) for n in names)
+          else "expected two class names"),
+    Field("threshold", NUMBER, within(0, 1)),
+)
+FIX = "train the head again (or restore the file from the run it came from)"
+
+
+def from_manifest(manifest):
+    """What rebuilt the features of a cache: the models' paths as given and content hashes (the manifest's
+    `inputs`), pooling, max length, image settings; None for a cache without model records."""
+    inputs, given = manifest.get("inputs") or {}, (manifest.get("config") or {}).get("embed") or {}
+    if not inputs.get("text_model"):
+        return None
+
+    def model(name):
+        return {"path": given.get(name), "sha256": inputs[name]} if inputs.get(name) else None
+
+    image = dict(inputs["image"])
+    return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": model("clip_lora"),
+            "lora_alpha": inputs.get("lora_alpha"), "pooling": inputs["text"]["pooling"],
+            "max_length": inputs["text"]["max_length"], "clip_embedding": image.pop("embedding"), "image": image,
+            "dims": manifest["dims"]}
+
+
+def exported(out, pooling, max_length, clip_embedding, image, dims):
+    """finetune-e2e's own export/ encoders (LoRA merged into export/clip_model); `in_run` lets a moved run
+    folder find them. `image` is the run's ImageSettings as a dict."""
+    def model(name):
+        path = Path(out) / "export" / name
+        return {"path": str(path), "in_run": f"export/{name}", "sha256": path_sha256(path)}
+
+    return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
+            "lora_alpha": None, "pooling": pooling, "max_length": max_length, "clip_embedding": clip_embedding,
+            "image": dict(image), "dims": dict(dims)}
+
+
+def write_encoders(out, encoders, threshold):
+    """encoders.json in folder `out`: `encoders` (from `from_manifest` or `exported`) with the class names
+    and the run's decision threshold."""
+    # As JSON will read it back (tuples become lists), so the check below sees what readers will see.
+    record = json.loads(json.dumps({**encoders, "class_names": list(CLASS_NAMES), "threshold": float(threshold)}))
+    checked(record, FIELDS, Path(out) / ENCODERS_NAME, "this is a bug: please report it")
+    write_json_atomic(Path(out) / ENCODERS_NAME, record)
+    return record
+
+
+def read_encoders(run_dir):
+    """The run's encoders.json, every field checked; a UserError naming the file and the field otherwise."""
+    path = Path(run_dir) / ENCODERS_NAME
+    record = read_json_object(
+        path, "missing, so the run does not say which encoders made its features (runs trained before `predict` "
+        "existed, or on a cache without model records, lack it); train the head again with train-head", FIX)
+    checked(record, FIELDS, path, FIX)
+    if list(record["class_names"]) != list(CLASS_NAMES):
+        raise UserError(f"{path}: field 'class_names' is {record['class_names']!r}; this version classifies "
+                        f"{', '.join(CLASS_NAMES)} only; {FIX}")
+    return record
