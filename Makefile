@@ -20,6 +20,8 @@ COMPARE_FLAGS ?=
 INPUT       ?= $(DEMO_DIR)/new_posts.tsv
 OUT         ?= $(RUN_DIR)/new_posts.predictions.csv
 PREDICT_FLAGS ?=
+PORT        ?= 8000
+SERVE_FLAGS ?=
 DEVICE      ?= auto
 DOCTOR_FLAGS ?=
 NPROC       ?= 1
@@ -39,7 +41,7 @@ IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
-.PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict report compare bench bench-gpu test lint clean
+.PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict serve report compare bench bench-gpu test lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -48,7 +50,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,serve]'
 	touch $@
 
 demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo
@@ -67,6 +69,7 @@ demo: demo-data  ## the whole main job on the demo sample, offline: embed, docto
 		COMPARE_FLAGS=--overwrite
 	@echo "Pages to open in a browser: runs/demo/head/report.html (the run), runs/demo/ablation/report.html (the ablation)"
 	@echo "and runs/demo/compare/compare.html (the fusion run against the text-only run on the same test rows)"
+	@echo "To try posts in a browser or over HTTP: make serve RUN_DIR=runs/demo/head (then open http://127.0.0.1:$(PORT)/)"
 
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
@@ -90,6 +93,9 @@ finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and 
 predict: $(INSTALL)  ## classify INPUT (a TSV, labels optional) with the run in RUN_DIR into OUT (CSV)
 	$(PY) -m pipeline predict --run $(RUN_DIR) --input $(INPUT) --out $(OUT) $(IMAGE_ROOT_FLAG) \
 		--device $(DEVICE) $(PREDICT_FLAGS)
+
+serve: $(INSTALL)  ## serve the run in RUN_DIR over HTTP on 127.0.0.1:PORT (API, page at /; docs/serve.md)
+	$(PY) -m pipeline serve --run $(RUN_DIR) --port $(PORT) --device $(DEVICE) $(SERVE_FLAGS)
 
 report: $(INSTALL)  ## one self-contained HTML page for RUN_DIR (a train-head, finetune-e2e or ablate folder)
 	$(PY) -m pipeline report $(RUN_DIR)

@@ -28,6 +28,7 @@ COMMANDS = {
     "report": "pipeline.report.cli",
     "doctor": "pipeline.doctor.cli",
     "compare": "pipeline.compare.cli",
+    "serve": "pipeline.serve.cli",
 }
 
 

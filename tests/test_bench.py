@@ -20,6 +20,9 @@ def test_bench_writes_every_figure(tiny_bert, tiny_clip, dataset, tmp_path):
     demo = results["embed"]["demo"]
     assert demo["rows_per_s"] > 0 and demo["efficiency"] > 0 and demo["speedup_vs_naive"] > 0
     assert results["predict"]["demo"]["rows_per_s"] > 0 and results["predict"]["demo"]["vs_embed"] > 0
+    serve = results["serve"]
+    assert serve["rows_per_s"] > 0 and serve["vs_predict"] > 0 and 0 < serve["p50_ms"] <= serve["p99_ms"]
+    assert serve["matches_predict"] == 1.0  # every served answer is predict's
     assert results["decode"]["cosine_min"] > 0.99
     assert len(results["memory"]["peak_rss_mb"]) == 2
     assert results["cache"]["bytes_per_row_float16"] < results["cache"]["bytes_per_row_float32"]

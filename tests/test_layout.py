@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-STAGES = ("embed", "train", "e2e", "bench", "predict", "report", "doctor", "compare")
-COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "predict", "bench", "report", "doctor", "compare")
+STAGES = ("embed", "train", "e2e", "bench", "predict", "report", "doctor", "compare", "serve")
+COMMANDS = ("embed", "train-head", "ablate", "finetune-e2e", "predict", "bench", "report", "doctor", "compare",
+            "serve")
 
 
 def imports(path):
@@ -37,7 +38,7 @@ def test_data_and_model_import_nothing_from_the_stages(room):
             assert not used & set(STAGES), f"{path.relative_to(PACKAGE)} imports {module} {names}"
 
 
-@pytest.mark.parametrize("room", ["e2e", "bench", "predict", "report", "doctor", "compare"])
+@pytest.mark.parametrize("room", ["e2e", "bench", "predict", "report", "doctor", "compare", "serve"])
 def test_other_rooms_use_only_public_names_of_other_rooms(room):
     for path in sorted((PACKAGE / room).glob("*.py")):
         for module, names in imports(path):
@@ -58,7 +59,8 @@ def test_help_imports_neither_torch_nor_transformers():
         "import sys\nfrom pipeline.__main__ import main\n"
         f"for argv in [['--help']] + [[name, '--help'] for name in {list(COMMANDS)!r}]:\n"
         "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-        "heavy = [name for name in ('torch', 'transformers', 'peft', 'sklearn') if name in sys.modules]\n"
+        "heavy = [name for name in ('torch', 'transformers', 'peft', 'sklearn', 'fastapi', 'uvicorn')\n"
+        "         if name in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -37,7 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--doctor-rows", default="100000,20000",
                         help="train,val+test rows of the doctor figure (synthetic vectors)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                        "embed,predict (needs embed),decode,memory,cache,head,doctor")
+                        "embed,predict (needs embed),serve (needs predict),decode,memory,cache,head,doctor")
 
 
 def run(args):
@@ -72,6 +72,10 @@ def run(args):
                 results["predict"] = {name: _step(f"predict {name}", bench.bench_predict, work, name, args.batch_size,
                                                   args.num_workers, args.device, results["embed"][name]["rows_per_s"])
                                       for name in configs}
+                if "serve" not in skip:  # on predict's run and rows, so the two rates compare
+                    from pipeline.bench.serve import bench_serve
+
+                    results["serve"] = _step("serve", bench_serve, work, configs[0], args.device)
         if "decode" not in skip:
             results["decode"] = _step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1])
         if "memory" not in skip:

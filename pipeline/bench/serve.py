@@ -1,0 +1,85 @@
+"""`serve` figures: posts per second under a concurrent load test against offline `predict` on the same
+posts with the same (loaded) models, and single-post latency on a quiet server.
+
+  serve.rows_per_s    posts/s answered by a `serve` process under `clients` concurrent clients
+  serve.vs_predict    serve.rows_per_s / offline predict's rows/s on the same posts (models loaded in both)
+  serve.p50_ms/p99_ms one post per request, one request at a time
+  serve.matches_predict share of the load test's answers with predict's status and probability (1e-5)
+"""
+
+import base64
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+SKIP_REASON = "the serve extra is not installed (pip install -e '.[serve]'), so serve was not measured"
+
+
+def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests=60):
+    """On the run and rows `bench_predict` made for configuration `name`; {"skipped": why} without the extra."""
+    try:
+        import fastapi  # noqa: F401 - only to know whether the server can start
+        import httpx
+    except ModuleNotFoundError:
+        return {"skipped": SKIP_REASON}
+    from pipeline.data.splits import find_split_file, read_split
+    from pipeline.embed import cache
+    from pipeline.predict.classifier import Classifier
+    from pipeline.serve.process import ServeProcess
+
+    embed = cache.read_manifest(work / f"cache-{name}")["config"]["embed"]
+    run, root = work / f"predict-run-{name}", Path(embed["image_root"] or embed["data_dir"])
+    rows = read_split(embed["data_dir"], "train")
+    bodies = [json.dumps({"posts": [{"id": key, "title": title or None,
+                                     "image": base64.b64encode((root / path).read_bytes()).decode()}]}).encode()
+              for key, title, path in zip(rows.ids, rows.texts, rows.image_paths)]
+
+    classifier = Classifier.from_run(run, device=device, batch_size=embed["batch_size"])
+    started = time.perf_counter()
+    offline = classifier.predict_tsv(find_split_file(embed["data_dir"], "train"), image_root=root,
+                           num_workers=embed["num_workers"], part_rows=embed["part_rows"])
+    offline_rate = len(rows) / (time.perf_counter() - started)
+    offline = {key: (status, p) for key, status, p in zip(offline["id"], offline["status"], offline["prob_real"])}
+    del classifier
+
+    with ServeProcess(run, "--device", device, "--max-concurrency", str(4 * clients)) as server, \
+            httpx.Client(base_url=server.url, timeout=120) as client:
+        def post(body, on=client):
+            response = on.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+            response.raise_for_status()
+            return response.json()["predictions"]
+
+        post(bodies[0])  # warm-up: first-call costs are in neither figure
+        latencies = []
+        for body in (bodies * latency_requests)[:latency_requests]:
+            begun = time.perf_counter()
+            post(body)
+            latencies.append(1000 * (time.perf_counter() - begun))
+        work_items = bodies * passes
+
+        def one_client(index):
+            with httpx.Client(base_url=server.url, timeout=120) as own:
+                return [answer for body in work_items[index::clients] for answer in post(body, own)]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            answers = [answer for part in pool.map(one_client, range(clients)) for answer in part]
+        served_rate = len(work_items) / (time.perf_counter() - started)
+    latencies.sort()
+    same = sum(_same(answer, *offline[answer["id"]]) for answer in answers)
+    return {"rows": len(work_items), "clients": clients, "rows_per_s": round(served_rate, 1),
+            "predict_rows_per_s_models_loaded": round(offline_rate, 1),
+            "vs_predict": round(served_rate / offline_rate, 3),
+            "p50_ms": round(statistics.median(latencies), 1),
+            "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+            "matches_predict": round(same / len(answers), 4)}
+
+
+def _same(answer, status, prob_real):
+    if answer["status"] != status:
+        return False
+    if answer["probs"] is None:
+        return prob_real != prob_real  # NaN: predict did not score it either
+    return abs(answer["probs"]["real"] - prob_real) <= 1e-5

@@ -1,0 +1,112 @@
+"""Micro-batching: posts of concurrent requests are scored together, so that throughput under load
+approaches offline `predict`'s, while a lone request waits at most `max_wait_ms` for company.
+
+One worker task owns the model: it takes the first waiting request, gathers others until the batch
+holds `max_batch` posts or `max_wait_ms` have passed, and runs the Classifier in one thread (the
+model is never called from two threads at once). A batch that raises is retried one request at a
+time, so a post that breaks the model fails only its own request.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("pipeline.serve")
+
+
+@dataclass
+class Job:
+    titles: list
+    images: list
+    ids: list
+    done: asyncio.Future = field(default=None)
+
+
+class Batcher:
+    def __init__(self, predict, max_batch, max_wait_ms):
+        """`predict(titles, images, ids)` -> a list of result dicts, one per post, in order."""
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue = None
+        self.worker = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.carried = None  # a job that did not fit the last batch: first in the next
+        self.batches = 0  # batches scored (the tests read it to see requests were batched)
+
+    def start(self):
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self):
+        """After the server stopped taking requests: the worker ends, the model thread with it."""
+        if self.worker is not None:
+            self.worker.cancel()
+            await asyncio.gather(self.worker, return_exceptions=True)
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, titles, images, ids):
+        job = Job(list(titles), list(images), list(ids), asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.done
+
+    async def _work(self):
+        while True:
+            jobs = await self._gather()
+            await self._score([job for job in jobs if not job.done.done()])  # a timed-out request is gone
+
+    async def _gather(self):
+        first = self.carried or await self.queue.get()
+        self.carried = None
+        jobs, rows = [first], len(first.titles)
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while rows < self.max_batch:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+            if rows + len(job.titles) > self.max_batch:
+                self.carried = job
+                break
+            jobs.append(job)
+            rows += len(job.titles)
+        return jobs
+
+    async def _score(self, jobs):
+        if not jobs:
+            return
+        loop = asyncio.get_running_loop()
+        titles = [t for job in jobs for t in job.titles]
+        images = [i for job in jobs for i in job.images]
+        ids = [i for job in jobs for i in job.ids]
+        try:
+            results = await loop.run_in_executor(self.executor, self.predict, titles, images, ids)
+        except Exception:  # noqa: BLE001 - one request's posts must not fail the others: retry each alone
+            if len(jobs) == 1:
+                log.exception("scoring a request failed")
+                _settle(jobs[0], error=RuntimeError("the model could not score this request"))
+                return
+            for job in jobs:
+                await self._score([job])
+            return
+        self.batches += 1
+        start = 0
+        for job in jobs:
+            _settle(job, results[start:start + len(job.titles)])
+            start += len(job.titles)
+
+
+def _settle(job, results=None, error=None):
+    if job.done.done():  # the request timed out meanwhile
+        return
+    if error is not None:
+        job.done.set_exception(error)
+    else:
+        job.done.set_result(results)
