@@ -32,7 +32,8 @@ class TextFamily:
     # A two-tower model (CLIP, SigLIP): the text half is built from the whole model's folder.
     whole_model_type: str = None  # the whole model's model_type (its folder holds both towers)
     tower_class: str = None  # transformers class of the text tower alone
-    transformer: str = None  # attribute of the tower that returns last_hidden_state and pooler_output
+    whole_text: str = None  # attribute of the whole model holding its text transformer
+    transformer: str = None  # attribute of the tower that returns last_hidden_state and pooler_output (None: itself)
     projection: str = None  # attribute of the tower that projects pooler_output (`projected` pooling)
     config_key: str = None  # where the text config sits inside the whole model's config.json
     padding: str = "longest"  # SigLIP pools the last position, so it needs the padding it was trained with
@@ -61,12 +62,13 @@ TEXT_FAMILIES = (
     TextFamily("deberta", ("deberta",), **_NO_POOLER, lora_targets=("in_proj",)),
     TextFamily("clip", ("clip", "clip_text_model"), poolings=("projected", "pooler", "mean", "max"), auto="projected",
                lora_targets=("q_proj", "v_proj"), inputs=_NO_TOKEN_TYPES, whole_model_type="clip",
-               tower_class="CLIPTextModelWithProjection", transformer="text_model", projection="text_projection",
+               tower_class="CLIPTextModelWithProjection", whole_text="text_model", transformer="text_model",
+               projection="text_projection",
                config_key="text_config",
                note="projected = get_text_features (EOS token, projected); cls would be the BOS token"),
     TextFamily("siglip", ("siglip", "siglip_text_model"), poolings=("pooler", "mean", "max"), auto="pooler",
                lora_targets=("q_proj", "v_proj"), inputs=_NO_TOKEN_TYPES, whole_model_type="siglip",
-               tower_class="SiglipTextModel", transformer="text_model", config_key="text_config",
+               tower_class="SiglipTextModel", whole_text="text_model", config_key="text_config",
                padding="max_length", note="pooler = get_text_features (last position, through its head); "
                                           "titles are padded to --max-length as SigLIP was trained"),
 )
@@ -118,7 +120,12 @@ def text_lora_targets(family, model_type, given=None):
     """The modules `--train-text lora` wraps: `given` (--text-lora-targets), else the family's PEFT default."""
     if given:
         return tuple(given)
-    if family.lora_targets is None:
-        raise UserError(f"--train-text lora: no default LoRA target modules for model_type {model_type!r}; "
+    if family.lora_targets is None:  # a family not in our table may still be in PEFT's
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        if isinstance(PEFT_DEFAULTS.get(model_type), list):
+            return tuple(PEFT_DEFAULTS[model_type])
+        raise UserError(f"--train-text lora: neither we nor PEFT have default LoRA target modules for model_type "
+                        f"{model_type!r}; "
                         "pass --text-lora-targets with the names of its attention Linear layers (e.g. query,value)")
     return family.lora_targets

@@ -85,16 +85,18 @@ def _load_text_tower(folder, family, pooling):
     tower class from it would re-initialise the projection (transformers 5, as for CLIP's vision half)."""
     name = f"--text-model {folder}"
     tower_class = getattr(transformers, family.tower_class)
-    parts = tuple(attr for attr in (family.transformer, family.projection) if attr)
     if read_config(folder, "--text-model").get("model_type") == family.whole_model_type:
         whole, info = AutoModel.from_pretrained(folder, trust_remote_code=False, output_loading_info=True)
-        check_loading_info(info, name, only=tuple(f"{attr}." for attr in parts))  # the image half is not used
+        parts = tuple(f"{attr}." for attr in (family.whole_text, family.projection) if attr)
+        check_loading_info(info, name, only=parts)  # the image half is not used
         text_config = whole.config.text_config
         if family.projection:
             text_config.projection_dim = getattr(whole, family.projection).out_features
         tower = tower_class(text_config)
-        for attr in parts:
-            getattr(tower, attr).load_state_dict(getattr(whole, attr).state_dict())
+        transformer = getattr(tower, family.transformer) if family.transformer else tower
+        transformer.load_state_dict(getattr(whole, family.whole_text).state_dict())
+        if family.projection:
+            getattr(tower, family.projection).load_state_dict(getattr(whole, family.projection).state_dict())
         return tower.eval()
     tower, info = tower_class.from_pretrained(folder, trust_remote_code=False, output_loading_info=True)
     no_projection = family.projection and any(str(key).startswith(f"{family.projection}.")
