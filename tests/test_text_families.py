@@ -224,3 +224,32 @@ def test_the_fingerprint_of_a_bert_cache_is_unchanged_and_a_clip_text_tower_is_n
     assert bert["text"] == {"pooling": "cls", "max_length": 128}
     assert inputs(build_family(tmp_path / "clip", "clip"), "projected")["text"] == {
         "pooling": "projected", "max_length": 128, "family": "clip"}
+
+
+@pytest.mark.slow  # about 10 s a family
+@pytest.mark.parametrize("family", ["distilbert", "clip"])
+def test_finetune_e2e_with_text_lora_takes_the_familys_targets_and_predict_follows(family, small_data, image_model,
+                                                                                  tmp_path):
+    from safetensors.torch import load_file
+
+    folder = build_family(tmp_path / family, family)
+    shutil.copy(image_model / "preprocessor_config.json", folder)
+    images = folder if family == "clip" else image_model
+    run = tmp_path / "run"
+    assert main(["finetune-e2e", "--data-dir", str(small_data), "--text-model", str(folder), "--clip-model",
+                 str(images), "--num-workers", "0", "--device", "cpu", "--out", str(run), "--train-text", "lora",
+                 "--train-image", "frozen", "--batch-size", "6", "--max-epochs", "2", "--lr-encoder", "1e-2",
+                 "--seed", "3"]) == 0
+    checkpoint = sorted((run / "checkpoints").glob("checkpoint-*/model.safetensors"))[-1]
+    lora = [key for key in load_file(checkpoint) if "lora_A" in key]
+    targets = text_family(json.loads((folder / "config.json").read_text())["model_type"]).lora_targets
+    assert lora and {key.split(".lora_A")[0].rsplit(".", 1)[-1] for key in lora} == set(targets)
+    exported = json.loads((run / "export" / "text_model" / "config.json").read_text())
+    assert text_family(exported["model_type"]).name == family  # the export is a folder of the same family
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--run", str(run), "--input", str(small_data / "test.tsv"), "--out", str(out),
+                 "--image-root", str(small_data), "--device", "cpu", "--num-workers", "0"]) == 0
+    got = pd.read_csv(out, dtype={"id": str})
+    expected = pd.read_csv(run / "predictions_test.csv", dtype={"id": str})
+    assert list(got["id"]) == list(expected["id"])
+    np.testing.assert_allclose(got["prob_real"], expected["prob_real"], atol=1e-5)
