@@ -253,3 +253,12 @@ def test_finetune_e2e_with_text_lora_takes_the_familys_targets_and_predict_follo
     expected = pd.read_csv(run / "predictions_test.csv", dtype={"id": str})
     assert list(got["id"]) == list(expected["id"])
     np.testing.assert_allclose(got["prob_real"], expected["prob_real"], atol=1e-5)
+
+
+def test_a_folder_of_no_image_family_as_the_image_model_is_refused_naming_the_families(small_data, tmp_path,
+                                                                                       capsys):
+    bert = build_family(tmp_path / "bert", "bert")
+    assert main(embed_flags(small_data, bert, bert, tmp_path / "cache")) == 2
+    err = capsys.readouterr().err
+    assert f"--clip-model {bert}: model_type 'bert' is not of an image family" in err
+    assert "clip: CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection" in err and "Traceback" not in err

@@ -84,11 +84,13 @@ class ImageFamily:
     model_types: tuple
     lora_targets: tuple
     projection: str = None  # attribute of the whole model that projects pooler_output
+    folders: str = ""  # the classes whose save_pretrained folders it takes, for error messages
 
 
 IMAGE_FAMILIES = (
     ImageFamily("clip", ("clip", "clip_vision_model"), lora_targets=("q_proj", "v_proj"),
-                projection="visual_projection"),
+                projection="visual_projection",
+                folders="CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection"),
 )
 
 
@@ -104,9 +106,9 @@ def image_family(model_type, folder, flag="--clip-model"):
     for family in IMAGE_FAMILIES:
         if model_type in family.model_types:
             return family
-    known = ", ".join(t for family in IMAGE_FAMILIES for t in family.model_types)
-    raise UserError(f"{flag} {folder}: model_type {model_type!r} is not an image family this tool knows; "
-                    f"give a folder of one of: {known}")
+    known = "; ".join(f"{family.name}: {family.folders}" for family in IMAGE_FAMILIES)
+    raise UserError(f"{flag} {folder}: model_type {model_type!r} is not of an image family this tool knows; "
+                    f"give a folder of {known}")
 
 
 def check_pooling(family, pooling, folder):
