@@ -244,6 +244,7 @@ def test_finetune_e2e_with_text_lora_takes_the_familys_targets_and_predict_follo
     lora = [key for key in load_file(checkpoint) if "lora_A" in key]
     targets = text_family(json.loads((folder / "config.json").read_text())["model_type"]).lora_targets
     assert lora and {key.split(".lora_A")[0].rsplit(".", 1)[-1] for key in lora} == set(targets)
+    assert json.loads((run / "config.json").read_text())["finetune"]["text_lora_targets"] == list(targets)
     exported = json.loads((run / "export" / "text_model" / "config.json").read_text())
     assert text_family(exported["model_type"]).name == family  # the export is a folder of the same family
     out = tmp_path / "pred.csv"
@@ -262,3 +263,13 @@ def test_a_folder_of_no_image_family_as_the_image_model_is_refused_naming_the_fa
     err = capsys.readouterr().err
     assert f"--clip-model {bert}: model_type 'bert' is not of an image family" in err
     assert "clip: CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection" in err and "Traceback" not in err
+
+
+def test_lora_targets_of_a_model_type_outside_the_table_come_from_peft_or_the_flag():
+    from pipeline.errors import UserError
+    from pipeline.model.families import family_lora_targets
+
+    assert family_lora_targets(GENERIC_TEXT, "layoutlm") == ("query", "value")  # in PEFT's table, not ours
+    assert family_lora_targets(GENERIC_TEXT, "mpnet", given=("q", "v")) == ("q", "v")
+    with pytest.raises(UserError, match="model_type 'mpnet'; pass --text-lora-targets"):
+        family_lora_targets(GENERIC_TEXT, "mpnet")

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer
 
-from pipeline.model.families import text_lora_targets as text_lora_targets_of
+from pipeline.model.families import family_lora_targets
 from pipeline.model.head import drop_modalities
 from pipeline.train.losses import weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics
@@ -67,7 +67,7 @@ def configure_trainable(model, train_text, train_image, lora_rank, lora_alpha, l
     """Freeze, fully train or LoRA-wrap each encoder; the head always trains."""
     text_model = model.text_encoder.model
     if train_text == "lora":
-        targets = text_lora_targets_of(model.text_encoder.family, text_model.config.model_type, text_lora_targets)
+        targets = family_lora_targets(model.text_encoder.family, text_model.config.model_type, text_lora_targets)
         config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(targets))
         model.text_encoder.model = get_peft_model(text_model, config)
     else:

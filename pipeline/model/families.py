@@ -118,7 +118,7 @@ def check_pooling(family, pooling, folder):
                         f"{pooling!r} pooling; use one of: auto, {', '.join(family.poolings)}")
 
 
-def text_lora_targets(family, model_type, given=None):
+def family_lora_targets(family, model_type, given=None):
     """The modules `--train-text lora` wraps: `given` (--text-lora-targets), else the family's PEFT default."""
     if given:
         return tuple(given)

@@ -22,7 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from pipeline.errors import UserError
 from pipeline.model.config import POOLINGS
-from pipeline.model.families import check_pooling, text_family
+from pipeline.model.families import check_pooling, family_lora_targets, text_family
 from pipeline.model.folders import (
     check_finite_weights,
     check_loading_info,
@@ -34,12 +34,18 @@ from pipeline.model.folders import (
 _PROBE = "the a of news photo city man dog"  # words any English vocabulary has
 # Task heads we drop; `pooler.` is a DeBERTa classifier's ContextPooler (a BERT model's own pooler loads).
 _HEAD_PREFIXES = ("cls.", "classifier.", "qa_outputs.", "lm_head.", "pre_classifier.", "score.", "pooler.",
-                  "discriminator_predictions.")
+                  "discriminator_predictions.", "generator_predictions.", "generator_lm_head.")  # ELECTRA's
 
 
 def family_of(folder):
     """The text family of a model folder, from its config.json."""
     return text_family(read_config(folder, "--text-model").get("model_type"))
+
+
+def text_lora_targets(folder, given=None):
+    """The modules `--train-text lora` wraps in the folder's model: `given`, else its family's (PEFT's) default."""
+    model_type = read_config(folder, "--text-model").get("model_type")
+    return family_lora_targets(text_family(model_type), model_type, given)
 
 
 def load_tokenizer(folder):
@@ -190,12 +196,10 @@ def _has_pooler(folder):
     return any(name.endswith("pooler.dense.weight") for name in names)
 
 
-def pool(hidden, attention_mask, pooling, pooler=None):
-    """(B, T, H) token states -> (B, H) by `pooling` (see the module's docstring); `pooler` is the model's."""
+def pool(hidden, attention_mask, pooling):
+    """(B, T, H) token states -> (B, H) by `cls`, `mean` or `max` (the model's own poolings: TextEncoder)."""
     if pooling == "cls":
         return hidden[:, 0]
-    if pooling == "pooler":
-        return pooler(hidden)  # BertPooler: tanh(dense(hidden[:, 0]))
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     if pooling == "max":  # padding can never win: it is set to the lowest value first
         return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
