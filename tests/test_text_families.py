@@ -273,3 +273,22 @@ def test_lora_targets_of_a_model_type_outside_the_table_come_from_peft_or_the_fl
     assert family_lora_targets(GENERIC_TEXT, "mpnet", given=("q", "v")) == ("q", "v")
     with pytest.raises(UserError, match="model_type 'mpnet'; pass --text-lora-targets"):
         family_lora_targets(GENERIC_TEXT, "mpnet")
+
+
+def test_a_clip_text_tower_saved_without_its_projection_pools_at_eos_and_refuses_projected(tmp_path):
+    from pipeline.errors import UserError
+
+    folder = tmp_path / "clip-text"
+    torch.manual_seed(0)
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(**SMALL_TEXT_TOWER)).save_pretrained(folder)
+    save_tokenizer(folder)
+    assert resolve_pooling(folder) == ("pooler", "a clip text tower saved without its projection")
+    with pytest.raises(UserError, match="has no text_projection weights; use --pooling auto or one of: pooler"):
+        load_text_model(folder, "projected")
+    encoder = TextEncoder(load_text_model(folder, "pooler"), "pooler").eval()
+    batch = tokenize_titles(load_tokenizer(folder), TITLES, 16)
+    with torch.no_grad():
+        expected = transformers.CLIPTextModel.from_pretrained(folder).eval()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+        torch.testing.assert_close(encoder(**batch), expected, atol=1e-5, rtol=0)
+    assert encoder.dim == SMALL_TEXT_TOWER["hidden_size"]
