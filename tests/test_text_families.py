@@ -183,7 +183,7 @@ def test_an_impossible_pooling_is_a_clear_error_listing_the_valid_ones(family, p
     valid = ", ".join(text_family(json.loads((folder / "config.json").read_text())["model_type"]).poolings)
     assert f"error: --pooling {pooling}: the text model {folder} is a {family} model" in err
     assert f"use one of: auto, {valid}" in err and "Traceback" not in err
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.parquet"))
+    assert not (tmp_path / "cache").exists()  # refused before the cache folder is made
 
 
 def test_the_family_table_agrees_with_peft_and_with_each_models_forward():
