@@ -30,8 +30,9 @@ class FinetuneConfig:
     lora_rank: int = help_field("rank of the LoRA adapters trained here", default=8)
     lora_train_alpha: float = help_field("alpha of the LoRA adapters trained here", default=16.0)
     lora_targets: tuple = help_field("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
-    text_lora_targets: tuple = help_field("text modules that get LoRA (with --train-text lora)",
-                                          default=("query", "value"))
+    text_lora_targets: tuple = help_field("text modules that get LoRA (with --train-text lora; default: PEFT's "
+                                          "for the text model's family, e.g. query,value for BERT, q_lin,v_lin "
+                                          "for DistilBERT, query_proj,value_proj for DeBERTa-v2)", default=None)
     lr_encoder: float = help_field("learning rate of the encoders (and their LoRA)", default=2e-5)
     lr_head: float = help_field("learning rate of the fusion head", default=1e-3)
     eval_batch_size: int = help_field("rows per evaluation step", default=64)

@@ -27,7 +27,7 @@ from pipeline.embed.cache import write_skipped
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.text_encoder import load_tokenizer
+from pipeline.model.text_encoder import load_tokenizer, text_lora_targets
 from pipeline.runs.encoders import exported
 from pipeline.runs.record import data_of_e2e
 from pipeline.train.losses import class_weights, weighted_cross_entropy
@@ -50,6 +50,8 @@ def run_finetune(data, config, log=print, command_line=None):
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
+    if config.train_text == "lora":  # the run records the modules LoRA wrapped, as it records the resolved pooling
+        config = replace(config, text_lora_targets=text_lora_targets(data.text_model, config.text_lora_targets))
     splits, datasets, skipped = _load_rows(data, settings, log)
     model, lora_summary = build_model(data, config)
     tokenizer = load_tokenizer(data.text_model)
@@ -76,7 +78,7 @@ def run_finetune(data, config, log=print, command_line=None):
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
     # The pooling the model was trained through, as export/embed.sh names it.
     encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, asdict(settings),
-                        model.dims)
+                        model.dims, text_family=model.text_encoder.family.name)
     write_run(out, run, resolved, encoders=encoders, command_line=command_line, data=data_of_e2e(data))
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")

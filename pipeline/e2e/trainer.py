@@ -1,6 +1,6 @@
 """End-to-end fine-tuning with the Hugging Face Trainer, on the same model code as the two stages.
 
-The model is `MultimodalBertClipClassifier` (stage one's encoders + stage two's
+The model is `EncodersWithHead` (stage one's encoders + stage two's
 `FusionHead`); the loss is stage two's class-weighted cross-entropy; metrics,
 threshold tuning and the run folder are stage two's. What trains is chosen per
 encoder (full, frozen or LoRA). The encoders are exported in the forms
@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer
 
+from pipeline.model.families import family_lora_targets
 from pipeline.model.head import drop_modalities
 from pipeline.train.losses import weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics
@@ -66,7 +67,8 @@ def configure_trainable(model, train_text, train_image, lora_rank, lora_alpha, l
     """Freeze, fully train or LoRA-wrap each encoder; the head always trains."""
     text_model = model.text_encoder.model
     if train_text == "lora":
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(text_lora_targets))
+        targets = family_lora_targets(model.text_encoder.family, text_model.config.model_type, text_lora_targets)
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(targets))
         model.text_encoder.model = get_peft_model(text_model, config)
     else:
         text_model.requires_grad_(train_text == "full")

@@ -18,7 +18,8 @@ class EmbedConfig:
     """Everything stage one depends on; saved in the manifest."""
 
     data_dir: str = help_field("folder with <split>_filtered.tsv or <split>.tsv files")
-    text_model: str = help_field("Hugging Face BERT-family model folder (AutoModel + AutoTokenizer)")
+    text_model: str = help_field("Hugging Face text model folder with its tokenizer: any encoder AutoModel loads "
+                                 "(BERT, RoBERTa, DistilBERT, DeBERTa, ...) or a CLIP / SigLIP model's text tower")
     clip_model: str = help_field("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
     cache_dir: str = help_field("where the Parquet cache goes")
     splits: tuple = help_field("splits to embed", default=("train", "val", "test"))
@@ -29,7 +30,8 @@ class EmbedConfig:
     lora_alpha: float = help_field("LoRA alpha when the checkpoint does not store it", default=None)
     pooling: str = help_field(f"text pooling: {', '.join(POOLING_CHOICES)} (auto: a sentence-transformers folder's "
                               "own pooling, else pooler for a *ForSequenceClassification folder with pooler "
-                              "weights, else cls)", default="auto")
+                              "weights, else the family's own: cls for encoders, projected for CLIP, pooler for "
+                              "SigLIP)", default="auto")
     max_length: int = help_field("titles are truncated to this many tokens", default=128)
     clip_embedding: str = help_field(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")

@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 from pipeline.files import output_folder
 from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
-from pipeline.model.text_encoder import check_max_length, load_tokenizer, resolve_pooling
+from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
 
 SPLIT_NOTES = ("placeholder_rows", "truncated_titles", "duplicate_ids", "non_utf8_rows")  # manifest keys per split
 
@@ -118,7 +118,8 @@ def fingerprint_inputs(config, splits, image_settings):
         "splits": {name: path_sha256(rows.path) for name, rows in splits.items()},
         "image_root": str(Path(config.resolved_image_root).resolve()),
         "image_pattern": config.image_pattern,
-        "text": {"pooling": config.pooling, "max_length": config.max_length},  # pooling as resolved from auto
+        "text": {"pooling": config.pooling, "max_length": config.max_length,  # pooling as resolved from auto
+                 **_named_family(config.text_model)},
         "image": {**asdict(image_settings), "embedding": config.clip_embedding},
         "part_rows": config.part_rows,
         "cache_dtype": config.cache_dtype,
@@ -130,6 +131,14 @@ def fingerprint_inputs(config, splits, image_settings):
         "half_posts": {"on_bad_image": "text-only" if config.on_bad_image == "text-only" else "skip",
                        "on_empty_title": config.on_empty_title},
     }
+
+
+def _named_family(text_model):
+    """The text family, named in the fingerprint for the two-tower families only. It follows from config.json,
+    whose content the text_model hash holds already; naming it for BERT and the other encoders would change the
+    fingerprint of every cache written before families existed and force a re-embed for nothing."""
+    family = family_of(text_model)
+    return {"family": family.name} if family.is_tower_of_two else {}
 
 
 @contextmanager
@@ -305,6 +314,7 @@ def _manifest_config(config, lora_summary, device, timings, placeholders, reques
     return {
         "embed": {**asdict(config), "splits": list(config.splits)},  # pooling as resolved
         "pooling": {"requested": requested_pooling, "resolved": config.pooling},
+        "text_family": family_of(config.text_model).name,
         "clip_lora": lora_summary,
         "device": str(device),
         "timings": timings,

@@ -13,8 +13,10 @@ import torch
 
 
 def tokenize_titles(tokenizer, titles, max_length):
-    """{"input_ids", "attention_mask", ...}: (B, T) tensors, T = the longest title's tokens (at most max_length)."""
-    return dict(tokenizer(list(titles), padding="longest", truncation=True, max_length=max_length,
+    """{"input_ids", "attention_mask", ...}: (B, T) tensors, T = the longest title's tokens (at most max_length),
+    or max_length for a family that pools a fixed position (SigLIP; `load_tokenizer` sets `title_padding`)."""
+    padding = getattr(tokenizer, "title_padding", "longest")
+    return dict(tokenizer(list(titles), padding=padding, truncation=True, max_length=max_length,
                           return_tensors="pt"))
 
 

@@ -1,4 +1,4 @@
-"""One model for both ways of training: text encoder + CLIP image encoder + fusion head.
+"""One model for both ways of training: a text encoder (any family), an image encoder (CLIP's) and a fusion head.
 
 `encode(batch)` returns exactly what stage one caches, `{"text_emb", "image_emb"}`;
 `forward` applies the fusion head to it. Stage one calls `encode` with the head
@@ -8,14 +8,17 @@ left out; end-to-end fine-tuning calls `forward`.
 from torch import nn
 
 from pipeline.model.checkpoint import apply_clip_checkpoint
+from pipeline.model.families import ALL_TEXT_INPUTS
 from pipeline.model.image_encoder import load_image_encoder
 from pipeline.model.text_encoder import TextEncoder, load_text_model, resolve_pooling
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_INPUTS = ALL_TEXT_INPUTS  # the batch's text keys; the text encoder passes on those its model takes
 PRESENCE_MASKS = ("has_text", "has_image")
 
 
-class MultimodalBertClipClassifier(nn.Module):
+class EncodersWithHead(nn.Module):
+    """The two encoders and the head on their vectors (no head: stage one's feature extractor)."""
+
     def __init__(self, text_encoder, image_encoder, head=None):
         super().__init__()
         self.text_encoder = text_encoder
@@ -47,6 +50,9 @@ class MultimodalBertClipClassifier(nn.Module):
         return self.head(features)
 
 
+MultimodalBertClipClassifier = EncodersWithHead  # the old name: existing code and saved references keep working
+
+
 def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
                    pooling="cls", clip_embedding="projected"):
     """Load both encoders from folders (and merge an optional CLIP checkpoint); `pooling` may be `auto`."""
@@ -56,4 +62,4 @@ def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
     lora_summary = None
     if clip_lora:
         lora_summary = apply_clip_checkpoint(image_encoder, clip_lora, lora_alpha)
-    return MultimodalBertClipClassifier(text_encoder, image_encoder), lora_summary
+    return EncodersWithHead(text_encoder, image_encoder), lora_summary

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pipeline.config import help_field, number, one_of, validate, whole
 from pipeline.errors import UserError
 
-POOLINGS = ("cls", "mean", "max", "pooler")  # how a title's token states become one vector
-# auto: the pooling the folder says its model was trained with (text_encoder.resolve_pooling)
+# How a title's token states become one vector; `projected` is CLIP's get_text_features. Which ones a model
+# has comes from its family (model/families.py).
+POOLINGS = ("cls", "mean", "max", "pooler", "projected")
+# auto: the pooling the folder says its model was trained with, else its family's (text_encoder.resolve_pooling)
 POOLING_CHOICES = ("auto", *POOLINGS)
 EMBEDDINGS = ("projected", "pooled")  # which CLIP image vector: after or before the visual projection
 MODALITIES = ("text", "image")

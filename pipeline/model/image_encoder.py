@@ -11,6 +11,7 @@ from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjecti
 
 from pipeline.errors import UserError
 from pipeline.model.config import EMBEDDINGS
+from pipeline.model.families import image_family
 from pipeline.model.folders import check_finite_weights, check_loading_info, read_config, refusing_pickled_code
 
 
@@ -40,6 +41,7 @@ class ImageEncoder(nn.Module):
 def load_image_encoder(folder, embedding="projected"):
     config = read_config(folder, "--clip-model")
     model_type = config.get("model_type")
+    image_family(model_type, folder)  # refuses a model_type of no image family (CLIP's only, today)
     if model_type == "clip":
         # Loading CLIPVisionModelWithProjection from a CLIPModel folder re-initialises the
         # projection (transformers 5), so load the whole model and keep its vision half.
@@ -48,14 +50,9 @@ def load_image_encoder(folder, embedding="projected"):
         # Only the vision half is used: text-tower keys may be absent or extra.
         check_loading_info(info, f"--clip-model {folder}", only=("vision_model.", "visual_projection."))
         vision, projection = clip.vision_model, clip.visual_projection
-    elif model_type == "clip_vision_model":
+    else:  # clip_vision_model
         with refusing_pickled_code(folder, "--clip-model"):
             vision, projection = _load_vision_only(folder)
-    else:
-        raise UserError(
-            f"--clip-model {folder}: model_type {model_type!r} is not CLIP; "
-            "give a folder of CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection"
-        )
     if embedding == "projected" and projection is None:
         raise UserError(
             f"--clip-model {folder}: the folder has no visual_projection weights; "

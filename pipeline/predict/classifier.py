@@ -57,7 +57,7 @@ def run_threshold(record, threshold):
 class Classifier:
     def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64,
                  temperature=None):
-        self.model = model  # MultimodalBertClipClassifier with the run's head, in eval mode
+        self.model = model  # EncodersWithHead with the run's head, in eval mode
         self.temperature = temperature  # from `train-head --calibrate temperature`; None: the plain softmax
         self.tokenizer = tokenizer
         self.settings = settings  # ImageSettings the head's features were made with

@@ -3,6 +3,8 @@
     text_model, clip_model, clip_lora   {"path": as given, "sha256": content hash[, "in_run": path in the run]}
                                         (clip_lora may be null)
     lora_alpha, pooling, max_length, clip_embedding, image (size, mean, std, max_pixels, draft), dims
+    text_family                         the text tower's family (pipeline.model.families); absent in runs
+                                        written before families existed
     class_names, threshold              the run's decision threshold (pipeline.runs.threshold)
 
 train-head builds it from the cache's manifest (`from_manifest`), finetune-e2e from its own export/
@@ -37,6 +39,7 @@ FIELDS = (
     Field("class_names", list, lambda names: None if len(names) == 2 and all(isinstance(n, str) for n in names)
           else "expected two class names"),
     Field("threshold", NUMBER, within(0, 1)),
+    Field("text_family", str, optional=True),
 )
 FIX = "train the head again (or restore the file from the run it came from)"
 
@@ -55,10 +58,14 @@ def from_manifest(manifest):
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": model("clip_lora"),
             "lora_alpha": inputs.get("lora_alpha"), "pooling": inputs["text"]["pooling"],
             "max_length": inputs["text"]["max_length"], "clip_embedding": image.pop("embedding"), "image": image,
-            "dims": manifest["dims"]}
+            "dims": manifest["dims"], **_family((manifest.get("config") or {}).get("text_family"))}
 
 
-def exported(out, pooling, max_length, clip_embedding, image, dims):
+def _family(name):
+    return {"text_family": name} if name else {}
+
+
+def exported(out, pooling, max_length, clip_embedding, image, dims, text_family=None):
     """finetune-e2e's own export/ encoders (LoRA merged into export/clip_model); `in_run` lets a moved run
     folder find them. `image` is the run's ImageSettings as a dict."""
     def model(name):
@@ -67,7 +74,7 @@ def exported(out, pooling, max_length, clip_embedding, image, dims):
 
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
             "lora_alpha": None, "pooling": pooling, "max_length": max_length, "clip_embedding": clip_embedding,
-            "image": dict(image), "dims": dict(dims)}
+            "image": dict(image), "dims": dict(dims), **_family(text_family)}
 
 
 def write_encoders(out, encoders, threshold):
