@@ -1,6 +1,7 @@
 """Stage one end to end on tiny models: alignment, resume, staleness, and every bad input reported."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,9 +85,16 @@ def test_changed_inputs_are_detected(embed_args, tiny_bert, dataset, tmp_path, c
     else:
         (dataset / "val.tsv").write_text((dataset / "val.tsv").read_text().replace("\t1\t", "\t0\t", 1))
     capsys.readouterr()
+    def files():
+        return {path: path.read_bytes() for path in sorted(Path(cache_dir_of(args)).rglob("*")) if path.is_file()}
+
+    untouched = files()
+    assert main(args) == 2  # refused by default: another model never destroys a cache
+    err = capsys.readouterr().err
+    assert "built from other inputs" in err and "--on-stale rebuild" in err and "another --cache-dir" in err
+    assert files() == untouched
     assert main(with_flag(args, "--on-stale", "refuse")) == 2
-    assert "built from other inputs" in capsys.readouterr().err
-    assert main(args) == 0
+    assert main(args + ["--on-stale", "rebuild"]) == 0
     assert "rebuilding" in capsys.readouterr().out
     after = load_all(cache_dir_of(args))
     changed = {"text_model": "text_emb", "clip_lora": "image_emb", "setting": "text_emb"}.get(change)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
+import pipeline
 from pipeline.data.images import ImageSettings
 from pipeline.data.splits import SPLITS, read_split
 from pipeline.device import decode_workers, resolve_device
@@ -28,9 +29,10 @@ from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
 from pipeline.model.text_encoder import load_tokenizer
+from pipeline.outputs import claim_run_folder
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
-from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
+from pipeline.train.run_folder import FitResult, HeadRun, write_run
 
 
 def run_finetune(data, config, log=print):
@@ -43,7 +45,7 @@ def run_finetune(data, config, log=print):
     if int(os.environ.get("RANK", "0")) != 0:
         log = lambda *_: None  # noqa: E731 - one rank speaks
     else:  # before any work: never write among files we did not write
-        claim_out(out, config.overwrite or _only_checkpoints(out), "finetune-e2e")
+        claim_run_folder(out, "finetune-e2e", overwrite=config.overwrite, resume=config.resume)
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
@@ -67,8 +69,9 @@ def run_finetune(data, config, log=print):
     run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
-    resolved = {"command": "finetune-e2e", "data": asdict(data), "finetune": asdict(config),
-                "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
+    resolved = {"command": "finetune-e2e", "pipeline_version": pipeline.__version__, "data": asdict(data),
+                "finetune": asdict(config), "clip_lora": lora_summary, "class_weights": weights.tolist(),
+                "device": str(device)}
     export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
     write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model))
     write_skipped(out / "skipped.tsv", skipped)
@@ -149,11 +152,6 @@ def _training_arguments(config, data, out, device):
         dataloader_num_workers=decode_workers(data.num_workers, device),
         remove_unused_columns=False, label_names=["labels"], ddp_find_unused_parameters=False,
     )
-
-
-def _only_checkpoints(out):
-    """A run folder that a killed run left with nothing but the Trainer's checkpoints is ours to continue."""
-    return out.is_dir() and [p.name for p in out.iterdir()] == ["checkpoints"]
 
 
 def _tidy_checkpoints(folder, resume, log):

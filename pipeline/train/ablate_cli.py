@@ -22,8 +22,8 @@ def add_arguments(parser):
     parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default="runs/ablation", help="folder for ablation.csv, ablation.md, config.json")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out that is not an ablate folder (same-named files "
-                             "are replaced, others left)")
+                        help="write into a non-empty --out, even an earlier ablation's (same-named files are "
+                             "replaced, others left); without it a non-empty --out is refused")
     parser.add_argument("--modalities", nargs="+", default=["text", "image", "text,image"],
                         help="modality sets to compare, each comma-separated (text,image = both)")
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS),
@@ -44,9 +44,9 @@ def run(args):
                                                   HeadConfig={"modalities": MODALITIES})
     for fusion in args.fusions:  # check every value before the first run, not halfway through the grid
         replace(head_config, fusion=fusion)
-    from pipeline.train.run_folder import claim_out
+    from pipeline.outputs import claim_run_folder
 
-    out = claim_out(args.out, args.overwrite, "ablate")
+    out = claim_run_folder(args.out, "ablate", args.overwrite)
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
