@@ -73,7 +73,7 @@ def claim_run_folder(out, command, overwrite=False, resume=False, flag="--out"):
     if resume and kind == f"{command} run folder":
         return out
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-    what = f"holds a {kind}" if kind else f"not empty and not a {command} run folder (it holds {shown})"
+    what = f"holds {_a(kind)}" if kind else f"not empty and not a {command} run folder (it holds {shown})"
     ways = "choose another --out, or pass --overwrite to write this run's files into it (files of the same name " \
            "are replaced, others are left)"
     if kind == f"{command} run folder" and command == "finetune-e2e":
@@ -86,7 +86,7 @@ def refuse_other_cache(folder, wanted, flag="--cache-dir"):
     kind = cache_kind(folder)
     if kind is not None and kind != wanted:
         writer = "`embed`" if kind == STAGE_ONE_CACHE else "`predict --cache-dir`"
-        raise UserError(f"{flag} {folder}: holds a {kind} (written by {writer}), not a {wanted}; using it would "
+        raise UserError(f"{flag} {folder}: holds {_a(kind)} (written by {writer}), not {_a(wanted)}; using it would "
                         f"delete its files. Give another {flag} (delete that folder yourself if you no longer need it)")
 
 
@@ -137,6 +137,10 @@ def _owning_folder(path):
         if kind is not None:
             return folder, kind
     return None
+
+
+def _a(kind):
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def read_small_json(path):
