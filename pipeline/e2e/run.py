@@ -72,12 +72,13 @@ def run_finetune(data, config, log=print):
     resolved = {"command": "finetune-e2e", "pipeline_version": pipeline.__version__, "data": asdict(data),
                 "finetune": asdict(config), "clip_lora": lora_summary, "class_weights": weights.tolist(),
                 "device": str(device)}
-    export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
+    export_model(trainer.model, tokenizer, out / "export", data)
     write_run(out, run, resolved, encoders=_exported_encoders(out, data, settings, model))
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
-    log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
+    log(f"run folder: {out}; re-embed its data with the exported encoders: "
+        f"sh {out / 'export' / 'embed.sh'} CACHE_DIR")
     return out
 
 
