@@ -20,7 +20,8 @@ from pipeline.train.config import TrainConfig
 
 
 def add_arguments(parser):
-    parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
+    parser.add_argument("--cache-dir", required=True,
+                        help="embedding cache folder written by `embed` (make: CACHE_DIR)")
     parser.add_argument("--out", default=None,
                         help="run folder; None means runs/head-<modalities>[-<fusion>]-seed<seed>")
     parser.add_argument("--overwrite", action="store_true",
