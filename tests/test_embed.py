@@ -1,5 +1,6 @@
 """Stage one end to end on tiny models: alignment, resume, staleness, and every bad input reported."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_each_row_equals_that_row_embedded_alone(embed_args, tiny_bert, tiny_cli
         assert cached.labels[i] == rows.labels[i]
 
 
-def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeypatch, capsys):
     reference_args = with_flag(embed_args, "--cache-dir", str(tmp_path / "reference"))
     assert main(reference_args) == 0
     real_write = cache.write_part
@@ -55,7 +56,13 @@ def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeyp
     written_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "train").glob("part-*")}
     assert len(written_before) == 2
     monkeypatch.setattr(cache, "write_part", real_write)
+    capsys.readouterr()
     assert main(embed_args) == 0
+    # The rerun says what it continues: which cache, which fingerprint, how far each split had got.
+    said = re.search(r"cache (\S+): resuming the run with fingerprint (\w{12}); parts already embedded: "
+                     r"train 2 of 3, val 0 of 1, test 0 of 1", capsys.readouterr().out)
+    assert said and said.group(1) == str(tmp_path / "cache")
+    assert cache.read_manifest(tmp_path / "cache")["fingerprint"].startswith(said.group(2))
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "train").glob("part-*")}
     assert all(after[name] == mtime for name, mtime in written_before.items())  # kept, not redone
     assert_same_cache(load_all(cache_dir_of(embed_args)), load_all(tmp_path / "reference"))

@@ -65,7 +65,10 @@ def run_finetune(data, config, log=print):
     if trainer.is_world_process_zero():
         _tidy_checkpoints(out / "checkpoints", config.resume, log)
     trainer.accelerator.wait_for_everyone()  # no rank looks for a checkpoint rank 0 is removing
-    trainer.train(resume_from_checkpoint=_newest_checkpoint(out / "checkpoints") if config.resume else None)
+    checkpoint = _newest_checkpoint(out / "checkpoints") if config.resume else None
+    if checkpoint:
+        log(f"resuming {out} from {checkpoint} ({_progress(checkpoint)})")
+    trainer.train(resume_from_checkpoint=checkpoint)
     run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
@@ -185,6 +188,13 @@ def _checkpoints(folder):
 
 def _newest_checkpoint(folder):
     return str(_checkpoints(folder)[0])
+
+
+def _progress(checkpoint):
+    """'epoch E of N, step S': how far the checkpoint's run had got (from its trainer_state.json)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    epochs, step = state.get("num_train_epochs", "?"), state.get("global_step", "?")
+    return f"epoch {state.get('epoch', 0):g} of {epochs}, step {step}"
 
 
 def _is_complete(checkpoint):

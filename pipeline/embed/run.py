@@ -71,6 +71,8 @@ def run_embed(config, group=Group(), log=print):
         if state == "complete":
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
             return cache.read_manifest(cache_dir)
+        if state == "resume":
+            log(_resuming(target, splits, config.part_rows, fingerprint))
         placeholders = find_placeholders(
             config.resolved_image_root, splits, config.placeholder_max_bytes, config.placeholder_min_rows,
         )
@@ -108,6 +110,14 @@ def run_embed(config, group=Group(), log=print):
     manifest = cache.read_manifest(cache_dir)
     log(summary(manifest))
     return manifest
+
+
+def _resuming(folder, splits, part_rows, fingerprint):
+    """What a resumed run continues: the folder, its fingerprint and the parts done per split."""
+    done = {name: (len(cache.existing_parts(folder, name)), -(-len(rows) // part_rows))
+            for name, rows in splits.items()}
+    shown = ", ".join(f"{name} {have} of {total}" for name, (have, total) in done.items())
+    return f"cache {folder}: resuming the run with fingerprint {fingerprint[:12]}; parts already embedded: {shown}"
 
 
 def fingerprint_inputs(config, splits, image_settings):
