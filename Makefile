@@ -29,6 +29,10 @@ EMBED_FLAGS ?=
 HEAD_FLAGS  ?=
 E2E_FLAGS   ?=
 TEST_FLAGS  ?=
+# The demo's own run folders are replaced on a rerun (the cache is reused: same inputs). Elsewhere a
+# non-empty --out is refused, and so is a cache built from other inputs: another CACHE_DIR, or
+# EMBED_FLAGS="--on-stale rebuild" to replace it.
+DEMO_RERUN  ?= --overwrite
 # The CPU build of torch 2.13.0 lies on this project's machines; any other version makes pip
 # pull a multi-GB CUDA build. On a GPU machine: make ... TORCH=torch (or your CUDA build's pin).
 TORCH       ?= torch==2.13.0
@@ -59,14 +63,16 @@ demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA und
 demo: demo-data  ## the whole main job on the demo sample, offline: embed, doctor, train the head, ablate, classify new posts, compare
 	$(MAKE) --no-print-directory embed CACHE_DIR=runs/demo/cache
 	$(MAKE) --no-print-directory doctor CACHE_DIR=runs/demo/cache
-	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head
-	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation
+	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head \
+		HEAD_FLAGS="$(HEAD_FLAGS) $(DEMO_RERUN)"
+	$(MAKE) --no-print-directory ablate CACHE_DIR=runs/demo/cache ABLATE_DIR=runs/demo/ablation \
+		ABLATE_FLAGS="$(ABLATE_FLAGS) $(DEMO_RERUN)"
 	$(MAKE) --no-print-directory predict RUN_DIR=runs/demo/head INPUT=$(DEMO_DIR)/new_posts.tsv \
 		OUT=runs/demo/new_posts.predictions.csv
 	$(MAKE) --no-print-directory train-head CACHE_DIR=runs/demo/cache RUN_DIR=runs/demo/head-text \
-		HEAD_FLAGS="--modalities text --no-report"
+		HEAD_FLAGS="--modalities text --no-report $(DEMO_RERUN)"
 	$(MAKE) --no-print-directory compare RUNS="runs/demo/head-text runs/demo/head" COMPARE_DIR=runs/demo/compare \
-		COMPARE_FLAGS=--overwrite
+		COMPARE_FLAGS="$(DEMO_RERUN)"
 	@echo "Pages to open in a browser: runs/demo/head/report.html (the run), runs/demo/ablation/report.html (the ablation)"
 	@echo "and runs/demo/compare/compare.html (the fusion run against the text-only run on the same test rows)"
 	@echo "To try posts in a browser or over HTTP: make serve RUN_DIR=runs/demo/head (then open http://127.0.0.1:$(PORT)/)"

@@ -51,6 +51,16 @@ def _quiet_libraries():
     hf_logging.disable_progress_bar()
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: ...)` to a flag's help, unless the flag is required or its help already says
+    what the default is (`(default: --data-dir) (default: None)` said it twice, the second wrongly)."""
+
+    def _get_help_string(self, action):
+        if action.required or "default:" in (action.help or "") or "default " in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -61,7 +71,7 @@ def build_parser():
         summary = (module.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(
             name, help=summary, description=(module.__doc__ or "").strip(),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_DefaultsHelp,
         )
         module.add_arguments(sub)
         sub.set_defaults(command_run=module.run)  # not `run`: predict has a --run flag

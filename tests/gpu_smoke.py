@@ -33,11 +33,13 @@ if __name__ == "__main__":
         sys.exit("gpu-smoke: no CUDA device")
     work = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
     write_cache(work / "cache100k", make_splits(100_000, 768, 512, signal="both"))
-    run(["train-head", "--cache-dir", str(work / "cache100k"), "--out", str(work / "head"), "--device", DEVICE])
+    run(["train-head", "--cache-dir", str(work / "cache100k"), "--out", str(work / "head"), "--device", DEVICE,
+         "--overwrite"])  # the smoke check's own folders: a rerun replaces them
     print("gpu-smoke: head test metrics", json.loads((work / "head" / "metrics.json").read_text())["test"]["f1_macro"])
     bert, clip, data = build_tiny_bert(work / "bert"), build_tiny_clip(work / "clip"), make_dataset(work / "data")
     run(["embed", "--data-dir", str(data), "--text-model", str(bert), "--clip-model", str(clip),
-         "--cache-dir", str(work / "cache"), "--device", DEVICE])
+         "--cache-dir", str(work / "cache"), "--device", DEVICE, "--on-stale", "rebuild"])
     run(["finetune-e2e", "--data-dir", str(data), "--text-model", str(bert), "--clip-model", str(clip),
-         "--out", str(work / "e2e"), "--device", DEVICE, "--max-epochs", "2", "--num-workers", "2"])
+         "--out", str(work / "e2e"), "--device", DEVICE, "--max-epochs", "2", "--num-workers", "2",
+         "--overwrite"])
     print("gpu-smoke: e2e config device", json.loads((work / "e2e" / "config.json").read_text())["device"])

@@ -1,6 +1,7 @@
 """In-process runs of `python -m pipeline train-head` and `ablate` on a tiny cache."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -71,3 +72,63 @@ def test_not_a_cache_exits_2(tmp_path, capsys):
     assert main(["train-head", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "no manifest" in capsys.readouterr().err
 
+
+
+# --- smaller frictions (issue 19) -----------------------------------------------------------------
+
+def test_ablate_takes_seeds_and_fusions_comma_separated_as_other_list_flags_do(xor_cache, tmp_path):
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--cache-dir", str(xor_cache), "--out", str(out), "--modalities", "text", "text,image",
+                 "--fusions", "concat,gated", "--seeds", "0,1", "--max-epochs", "1", "--no-report",
+                 "--reference", "text,image/gated", *SMALL_FLAGS]) == 0
+    runs = pd.read_csv(out / "ablation.csv")
+    assert sorted(set(runs["seed"])) == [0, 1] and set(runs["fusion"]) == {"-", "concat", "gated"}
+    assert json.loads((out / "config.json").read_text())["grid"]["reference"] == "text+image/gated"
+
+
+@pytest.mark.parametrize("spelling", ["text,image/gated", "image,text/gated", "text+image/gated"])
+def test_reference_is_spelled_as_modalities_are_and_the_old_spelling_still_works(spelling):
+    from pipeline.train.ablate import find_reference, variants
+
+    grid = variants(["text", "text,image"], ["concat", "gated"])
+    assert find_reference(grid, spelling) == (("text", "image"), "gated")
+
+
+def test_a_bad_seed_list_exits_2_naming_both_spellings(xor_cache, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["ablate", "--cache-dir", str(xor_cache), "--out", str(tmp_path / "a"), "--seeds", "0,x"])
+    assert stopped.value.code == 2 and "give seeds as 0 1 2 or 0,1,2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train-head", "ablate"])
+def test_training_without_cache_dir_is_refused_instead_of_reading_runs_cache(command, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main([command])
+    assert stopped.value.code == 2 and "required: --cache-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["embed", "predict", "finetune-e2e", "train-head", "doctor"])
+def test_help_never_states_a_default_twice_or_none_for_a_required_flag(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert not re.search(r"\(default:[^()]*\) \(default:", text), text  # once, never "(default: x) (default: None)"
+    if command == "embed":  # a required flag has no default to show
+        assert "where the Parquet cache goes (default" not in text and "(default: --data-dir)" in text
+    assert text.count("(default:") >= 3  # the defaults are still shown where help does not say them
+
+
+def test_loading_a_model_prints_no_transformers_load_report(tmp_path, capfd):
+    from transformers import BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.model.text_encoder import load_text_model
+
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bert")  # classifier.* keys: UNEXPECTED
+    capfd.readouterr()
+    hf_logging.set_verbosity_warning()  # as a Python caller of Classifier has it
+    load_text_model(tmp_path / "bert", "cls")
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    assert hf_logging.get_verbosity() == hf_logging.WARNING  # the caller's setting is given back

@@ -174,7 +174,9 @@ def test_a_filled_out_is_left_byte_for_byte(runs, tmp_path, capsys):
     out.mkdir()
     (out / "compare.csv").write_text("mine\n")
     assert compare(runs["a"], runs["b"], "--out", out, "--bootstrap", "20") == 2
-    assert "not empty" in capsys.readouterr().err and (out / "compare.csv").read_text() == "mine\n"
+    err = capsys.readouterr().err
+    assert "not empty and not a compare run folder" in err and "--overwrite" in err
+    assert (out / "compare.csv").read_text() == "mine\n"
     assert compare(runs["a"], runs["b"], "--out", out, "--bootstrap", "20", "--overwrite") == 0
     assert (out / "compare.csv").read_text().startswith("run,reference,metric")
 

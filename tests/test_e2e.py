@@ -1,6 +1,10 @@
 """End-to-end fine-tuning on tiny models: parity with stage two, export round trip, what trains and what not."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -119,6 +123,23 @@ def test_exported_encoders_round_trip_through_stage_one(e2e_run, tiny_clip, tmp_
     # And stage two reads that cache: the exported head scores it (train-head would train a new one).
     assert main(["train-head", "--cache-dir", str(cache_dir), "--out", str(tmp_path / "head"),
                  "--max-epochs", "2", "--device", "cpu"]) == 0
+
+
+def test_export_embed_script_embeds_the_runs_own_data_from_any_folder(e2e_run, tmp_path):
+    """embed.sh names the run's data folder (not the demo set's) and absolute paths, so it runs anywhere."""
+    out, dataset = e2e_run["out"], e2e_run["dataset"]
+    script = out / "export" / "embed.sh"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(["sh", str(script), str(tmp_path / "cache"), "--num-workers", "0", "--device", "cpu"],
+                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    given = cache.read_manifest(tmp_path / "cache")["config"]["embed"]
+    assert Path(given["data_dir"]) == dataset.resolve() and Path(given["text_model"]) == (out / "export" /
+                                                                                           "text_model").resolve()
+    assert len(cache.load_split(tmp_path / "cache", "test").ids) == len(read_split(dataset, "test"))
+    assert subprocess.run(["sh", str(script)], cwd=elsewhere, env=env, capture_output=True).returncode == 2
 
 
 def fine_tuned_model(out, clip_folder):

@@ -39,13 +39,16 @@ def kill_after_first_checkpoint(args, folder, timeout=120):
     return process.returncode
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_bert, tiny_clip, dataset, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_bert, tiny_clip, dataset, tmp_path, capsys):
     assert main(e2e_args(tiny_bert, tiny_clip, dataset, tmp_path / "whole")) == 0
     killed = tmp_path / "killed"
     args = e2e_args(tiny_bert, tiny_clip, dataset, killed)
     assert kill_after_first_checkpoint(args, killed) == -signal.SIGKILL
     assert not (killed / "metrics.json").exists()
+    assert main(args) == 2  # a second run without --resume (or --overwrite) is refused
+    assert "--resume to continue its checkpoints" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0
+    assert f"resuming {killed} from {killed / 'checkpoints' / 'checkpoint-'}" in capsys.readouterr().out
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
     for split in ("val", "test"):

@@ -1,6 +1,8 @@
 """Stage one end to end on tiny models: alignment, resume, staleness, and every bad input reported."""
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +38,7 @@ def test_each_row_equals_that_row_embedded_alone(embed_args, tiny_bert, tiny_cli
         assert cached.labels[i] == rows.labels[i]
 
 
-def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeypatch, capsys):
     reference_args = with_flag(embed_args, "--cache-dir", str(tmp_path / "reference"))
     assert main(reference_args) == 0
     real_write = cache.write_part
@@ -54,7 +56,13 @@ def test_interrupted_run_resumes_to_the_same_cache(embed_args, tmp_path, monkeyp
     written_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "train").glob("part-*")}
     assert len(written_before) == 2
     monkeypatch.setattr(cache, "write_part", real_write)
+    capsys.readouterr()
     assert main(embed_args) == 0
+    # The rerun says what it continues: which cache, which fingerprint, how far each split had got.
+    said = re.search(r"cache (\S+): resuming the run with fingerprint (\w{12}); parts already embedded: "
+                     r"train 2 of 3, val 0 of 1, test 0 of 1", capsys.readouterr().out)
+    assert said and said.group(1) == str(tmp_path / "cache")
+    assert cache.read_manifest(tmp_path / "cache")["fingerprint"].startswith(said.group(2))
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "train").glob("part-*")}
     assert all(after[name] == mtime for name, mtime in written_before.items())  # kept, not redone
     assert_same_cache(load_all(cache_dir_of(embed_args)), load_all(tmp_path / "reference"))
@@ -84,9 +92,16 @@ def test_changed_inputs_are_detected(embed_args, tiny_bert, dataset, tmp_path, c
     else:
         (dataset / "val.tsv").write_text((dataset / "val.tsv").read_text().replace("\t1\t", "\t0\t", 1))
     capsys.readouterr()
+    def files():
+        return {path: path.read_bytes() for path in sorted(Path(cache_dir_of(args)).rglob("*")) if path.is_file()}
+
+    untouched = files()
+    assert main(args) == 2  # refused by default: another model never destroys a cache
+    err = capsys.readouterr().err
+    assert "built from other inputs" in err and "--on-stale rebuild" in err and "another --cache-dir" in err
+    assert files() == untouched
     assert main(with_flag(args, "--on-stale", "refuse")) == 2
-    assert "built from other inputs" in capsys.readouterr().err
-    assert main(args) == 0
+    assert main(args + ["--on-stale", "rebuild"]) == 0
     assert "rebuilding" in capsys.readouterr().out
     after = load_all(cache_dir_of(args))
     changed = {"text_model": "text_emb", "clip_lora": "image_emb", "setting": "text_emb"}.get(change)

@@ -214,7 +214,7 @@ def test_placeholders_are_counted_and_skipped_on_request(embed_args, dataset, ca
     (listed,) = manifest["config"]["placeholder_files"]
     assert listed["rows"] == 5 and listed["bytes"] == len(placeholder) and listed["example"] == "images/ph0.jpg"
     assert "placeholder_rows=5" in capsys.readouterr().out
-    assert main(args + ["--on-placeholder", "skip"]) == 0
+    assert main(args + ["--on-placeholder", "skip", "--on-stale", "rebuild"]) == 0  # other settings: rebuilt
     val = cache.read_manifest(cache_dir_of(args))["splits"]["val"]
     assert val["skipped_by_reason"] == {"placeholder_image": 5} and val["rows_embedded"] == 7
     assert "val\tph3\tplaceholder_image" in (dataset.parent / "cache" / "skipped.tsv").read_text()

@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.__main__ import main
 from pipeline.report.examples import thumbnail
 from pipeline.report.markup import fmt
+from tests.browser import REQUIRE, chromium_command
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 HOSTILE = "<script>alert(1)</script> & <img src=x onerror=alert(2)>"
@@ -169,11 +170,7 @@ window.addEventListener("load", () => {
 
 
 def chromium():
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("Chromium is missing: the report is checked in a real browser. Install Debian's chromium "
-                    "(apt-get update && apt-get install -y chromium); .ci/run installs it when missing")
-    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    return chromium_command()
 
 
 @pytest.mark.slow
@@ -214,3 +211,12 @@ def test_doctor_findings_appear_when_the_cache_has_them(runs, tmp_path):
     text = (tmp_path / "page.html").read_text()
     parse(text)
     assert 'id="doctor"' in text and "cross-split pair(s)" in text and str(doctor / "doctor.md") in text
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_missing_browser_skips_with_the_install_command_or_fails_where_required(monkeypatch, required):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv(REQUIRE, "1" if required else "0")
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception) as caught:
+        chromium_command()
+    assert "apt-get install -y chromium chromium-driver" in str(caught.value)

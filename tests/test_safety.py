@@ -48,7 +48,7 @@ def test_user_files_in_the_cache_folder_survive_a_stale_rebuild(built, capsys, t
     (folder / "train" / ".notes.tmp").write_text("mine")
     (folder / "notes.tmp").write_text("mine")
     mine = {name: data for name, data in tree(folder).items() if "img001" in name or "notes" in name}
-    assert main(with_flag(args, "--max-length", "64")) == 0
+    assert main(with_flag(args, "--max-length", "64") + ["--on-stale", "rebuild"]) == 0
     assert all(tree(folder)[name] == data for name, data in mine.items())
     assert cache.read_manifest(folder)["inputs"]["text"]["max_length"] == 64
     assert not (folder / ".rebuild").exists()
@@ -75,7 +75,7 @@ def test_a_rebuild_whose_clip_fails_to_load_leaves_the_old_cache(built, tiny_cli
     state = load_file(broken / "model.safetensors")
     del state[next(k for k in state if "vision_model.encoder.layers.1" in k)]  # a missing layer weight
     save_file(state, broken / "model.safetensors")
-    assert main(with_flag(args, "--clip-model", str(broken))) == 2
+    assert main(with_flag(args, "--clip-model", str(broken)) + ["--on-stale", "rebuild"]) == 2
     assert "missing" in error_of(capsys)
     assert_same_cache(load_all(cache_dir_of(args)), values, exact=True)
 
@@ -91,7 +91,7 @@ def test_a_rebuild_that_crashes_midway_leaves_the_old_cache_and_resumes(built, c
         original(*a)
 
     monkeypatch.setattr(run, "_check_finite", crash_on_third)
-    stale = with_flag(args, "--max-length", "64")
+    stale = with_flag(args, "--max-length", "64") + ["--on-stale", "rebuild"]
     assert main(stale) == 2
     folder = cache_dir_of(args)
     assert_same_cache(load_all(folder), values, exact=True)  # still the old, complete cache
@@ -312,7 +312,8 @@ def test_a_foreign_out_needs_overwrite_and_keeps_other_files(xor_cache, capsys, 
     assert (out / "config.json").read_text() == '{"mine": 1}'
     assert main(head_args(xor_cache, out, "--overwrite")) == 0
     assert (out / "thesis.tex").read_text() == "years of work"
-    assert main(head_args(xor_cache, out)) == 0  # now one of our run folders: rerunning is fine
+    assert main(head_args(xor_cache, out)) == 2  # now one of our run folders: still never replaced silently
+    assert "holds a train-head run folder" in error_of(capsys)
 
 
 def test_non_finite_features_stop_training(capsys, tmp_path):

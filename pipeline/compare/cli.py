@@ -8,11 +8,8 @@ interval, p-value), and writes compare.csv, compare.md, compare.html and
 config.json into --out. Runs with different label sets are refused.
 """
 
-from pathlib import Path
-
 from pipeline.compare.config import CompareConfig
 from pipeline.config import add_config_arguments, configs_from_args
-from pipeline.errors import UserError
 
 
 def add_arguments(parser):
@@ -24,10 +21,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    (config,) = configs_from_args(args, CompareConfig)
-    out = _refuse_filled_out(Path(args.out), args.overwrite)
     from pipeline.compare.page import difference_cells  # pandas and numpy only when the command runs
     from pipeline.compare.run import compare, write_comparison
+    from pipeline.outputs import claim_run_folder
+
+    (config,) = configs_from_args(args, CompareConfig)
+    out = claim_run_folder(args.out, "compare", args.overwrite)
 
     result = compare(args.runs, config)
     reference = result.runs[result.reference].name
@@ -42,15 +41,3 @@ def run(args):
     page = write_comparison(result, out, getattr(args, "command_line", None))
     print(f"Comparison folder: {out} (compare.csv, compare.md, config.json, run.json); page: {page}")
     return 0
-
-
-def _refuse_filled_out(out, overwrite):
-    """A new or empty --out, or any folder with --overwrite (the lead swaps this for the shared check)."""
-    if out.is_symlink() and not out.exists():
-        raise UserError(f"--out {out}: a symlink to nothing; give a folder path")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder; give a folder path")
-    if out.is_dir() and not overwrite and any(out.iterdir()):
-        raise UserError(f"--out {out}: not empty; choose another --out, or pass --overwrite to write this "
-                        "comparison's files into it (files of the same name are replaced, others are left)")
-    return out

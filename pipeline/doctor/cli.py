@@ -11,8 +11,12 @@ doctor.md and doctor_pairs.csv into --out (default <cache-dir>/doctor/).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import config_from_args, device_name, help_field, number, validate, whole
+from pipeline.outputs import claim_output_file, read_small_json
+
+CLEAN_IDS_HEADER = "split\tid"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,9 @@ class DoctorConfig:
     threshold: float = help_field("near duplicate: centred cosine to a train row at or above this", default=0.95)
     write_clean_ids: str = help_field("also write the val/test ids without any cross-split duplicate to this file "
                                       "(for train-head/ablate --eval-ids)", default=None)
+    overwrite: bool = help_field("replace --write-clean-ids even when it is a split file, a file of a run folder "
+                                 "or cache, or a file doctor did not write (without it those are refused)",
+                                 default=False)
     device: str = help_field("auto (cuda if available), cpu, cuda or cuda:N", default="auto")
     threads: int = help_field("torch CPU threads; 0 leaves torch's default", default=0)
 
@@ -43,6 +50,9 @@ def add_arguments(parser):
 
 def run(args):
     config = config_from_args(DoctorConfig, args)
+    if config.write_clean_ids:  # before any work: never over a split file or anything we did not write
+        claim_output_file(config.write_clean_ids, "--write-clean-ids", inputs=_split_files(config),
+                          overwrite=config.overwrite, ours=_earlier_clean_ids)
     from pipeline.doctor.run import run_doctor, summary_lines  # heavy imports only when the command runs
 
     report = run_doctor(config)
@@ -53,3 +63,21 @@ def run(args):
         print(f"Clean val/test ids: {clean['file']} ({clean['rows']} rows; use with train-head --eval-ids)")
     print(f"Report: {report['out']} (doctor.json, doctor.md, doctor_pairs.csv; {report['seconds']} s)")
     return 0
+
+
+def _split_files(config):
+    """The TSV files of --data-dir and of the folder the cache was embedded from (its manifest says)."""
+    manifest = read_small_json(Path(config.cache_dir) / "manifest.json") or {}
+    embedded = ((manifest.get("config") or {}).get("embed") or {}).get("data_dir") if isinstance(manifest, dict) \
+        else None
+    folders = [Path(folder) for folder in (config.data_dir, embedded) if isinstance(folder, str)]
+    return [path for folder in folders if folder.is_dir() for path in folder.glob("*.tsv")]
+
+
+def _earlier_clean_ids(path):
+    """A clean-ids file of an earlier doctor: it starts with our header line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == CLEAN_IDS_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False

@@ -40,8 +40,9 @@ class FinetuneConfig:
     grad_checkpointing: bool = help_field("recompute activations in the backward pass to save memory", default=False)
     init_head: str = help_field("start from the head of a stage-two run folder (RUN_DIR or RUN_DIR/head)", default=None)
     resume: bool = help_field("continue from the last checkpoint in OUT/checkpoints", default=False)
-    overwrite: bool = help_field("write into a non-empty --out that is not a finetune-e2e run folder "
-                                 "(same-named files are replaced, others left)", default=False)
+    overwrite: bool = help_field("write into a non-empty --out, even an earlier run's (same-named files are "
+                                 "replaced, others left); without it (or --resume) a non-empty --out is refused",
+                                 default=False)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**TRAIN_DEFAULTS))
 

@@ -5,10 +5,11 @@
     export/clip_lora.pt  the same adapter as one file, its rank/alpha config inside
     export/clip_model/   the whole fine-tuned CLIP image encoder (vision + projection), merged
     export/head/         the fusion head (stage two's format)
-    export/embed.sh      the `make embed` line that uses them
+    export/embed.sh      stage one on the run's data with them: sh embed.sh CACHE_DIR (from any folder)
 """
 
 import copy
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from pipeline.files import write_text_atomic
 from pipeline.model.head import save_head
 
 
-def export_model(model, tokenizer, out, clip_model_folder, lora_was_given):
+def export_model(model, tokenizer, out, data):
+    """Write the exports of a fine-tuned `model` into `out`; `data` is the run's EmbedConfig."""
     out = Path(out)
+    clip_model_folder, lora_was_given = data.clip_model, bool(data.clip_lora)
     out.mkdir(parents=True, exist_ok=True)
     _export_text(model.text_encoder.model, tokenizer, out / "text_model")
     vision = model.image_encoder.vision_model
@@ -38,8 +41,7 @@ def export_model(model, tokenizer, out, clip_model_folder, lora_was_given):
     if preprocessor.is_file():  # stage one reads image size, mean and std from it
         shutil.copy(preprocessor, out / "clip_model" / preprocessor.name)
     save_head(out / "head", model.head)
-    _write_embed_line(out, clip_model_folder, isinstance(vision, PeftModel) and not lora_was_given,
-                      model.text_encoder.pooling)
+    _write_embed_line(out, data, isinstance(vision, PeftModel) and not lora_was_given, model.text_encoder.pooling)
     return out
 
 
@@ -65,12 +67,35 @@ def _export_clip(image_encoder, folder):
     clip.save_pretrained(folder)
 
 
-def _write_embed_line(out, clip_model_folder, adapter_fits_base, pooling):
+def _write_embed_line(out, data, adapter_fits_base, pooling):
+    """export/embed.sh: stage one on the run's own data with the exported encoders, from any folder.
+
+    Every path is absolute and every data setting the run used is spelled out, so the cache holds the
+    rows the run was trained on, wherever the script is run from (`sh embed.sh CACHE_DIR [flags]`)."""
+    out = Path(out).resolve()
     if adapter_fits_base:
-        clip = f"CLIP_MODEL={clip_model_folder} CLIP_LORA={out / 'clip_lora'}"
+        clip = ["--clip-model", Path(data.clip_model).resolve(), "--clip-lora", out / "clip_lora"]
     else:
-        clip = f"CLIP_MODEL={out / 'clip_model'} CLIP_LORA="  # base already held another checkpoint
-    # The exported text folder is a plain save_pretrained: `--pooling auto` could not tell what it was trained
-    # with, so the line names the pooling it was fine-tuned through.
-    write_text_atomic(out / "embed.sh", f"make embed TEXT_MODEL={out / 'text_model'} {clip} "
-                                        f"EMBED_FLAGS='--pooling {pooling}' \"$@\"\n")
+        clip = ["--clip-model", out / "clip_model"]  # the base already held another checkpoint: use the merge
+    flags = ["--data-dir", Path(data.data_dir).resolve(), "--image-root", Path(data.resolved_image_root).resolve(),
+             "--image-pattern", data.image_pattern, "--text-model", out / "text_model", *clip,
+             # A plain save_pretrained text folder: `--pooling auto` could not tell what it was trained with.
+             "--pooling", pooling, "--max-length", data.max_length, "--clip-embedding", data.clip_embedding,
+             "--on-bad-image", data.on_bad_image, "--on-empty-title", data.on_empty_title,
+             "--max-pixels", data.max_pixels]
+    line = " ".join(shlex.quote(str(value)) for value in flags)
+    write_text_atomic(out / "embed.sh", EMBED_SCRIPT.format(flags=line))
+
+
+EMBED_SCRIPT = """#!/bin/sh
+# Re-embed this run's data with the encoders it exported: sh embed.sh CACHE_DIR [more embed flags]
+# (PYTHON=... picks the interpreter that has this package installed; default python3)
+set -e
+if [ "$#" -lt 1 ]; then
+    echo "usage: sh $0 CACHE_DIR [more flags for python -m pipeline embed]" >&2
+    exit 2
+fi
+cache_dir="$1"
+shift
+exec "${{PYTHON:-python3}}" -m pipeline embed {flags} --cache-dir "$cache_dir" "$@"
+"""

@@ -28,11 +28,12 @@ from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
 from pipeline.model.text_encoder import load_tokenizer, text_lora_targets
+from pipeline.outputs import claim_run_folder
 from pipeline.runs.encoders import exported
 from pipeline.runs.record import data_of_e2e
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
-from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
+from pipeline.train.run_folder import FitResult, HeadRun, write_run
 
 
 def run_finetune(data, config, log=print, command_line=None):
@@ -46,7 +47,7 @@ def run_finetune(data, config, log=print, command_line=None):
     if int(os.environ.get("RANK", "0")) != 0:
         log = lambda *_: None  # noqa: E731 - one rank speaks
     else:  # before any work: never write among files we did not write
-        claim_out(out, config.overwrite or _only_checkpoints(out), "finetune-e2e")
+        claim_run_folder(out, "finetune-e2e", overwrite=config.overwrite, resume=config.resume)
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
@@ -68,14 +69,17 @@ def run_finetune(data, config, log=print, command_line=None):
     if trainer.is_world_process_zero():
         _tidy_checkpoints(out / "checkpoints", config.resume, log)
     trainer.accelerator.wait_for_everyone()  # no rank looks for a checkpoint rank 0 is removing
-    trainer.train(resume_from_checkpoint=_newest_checkpoint(out / "checkpoints") if config.resume else None)
+    checkpoint = _newest_checkpoint(out / "checkpoints") if config.resume else None
+    if checkpoint:
+        log(f"resuming {out} from {checkpoint} ({_progress(checkpoint)})")
+    trainer.train(resume_from_checkpoint=checkpoint)
     run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
     resolved = {"command": "finetune-e2e", "pipeline_version": pipeline.__version__, "data": asdict(data),
-                "finetune": asdict(config),
-                "clip_lora": lora_summary, "class_weights": weights.tolist(), "device": str(device)}
-    export_model(trainer.model, tokenizer, out / "export", data.clip_model, lora_was_given=bool(data.clip_lora))
+                "finetune": asdict(config), "clip_lora": lora_summary, "class_weights": weights.tolist(),
+                "device": str(device)}
+    export_model(trainer.model, tokenizer, out / "export", data)
     # The pooling the model was trained through, as export/embed.sh names it.
     encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, asdict(settings),
                         model.dims, text_family=model.text_encoder.family.name)
@@ -83,7 +87,8 @@ def run_finetune(data, config, log=print, command_line=None):
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
-    log(f"run folder: {out}; re-embed with the exported encoders: sh {out / 'export' / 'embed.sh'}")
+    log(f"run folder: {out}; re-embed its data with the exported encoders: "
+        f"sh {out / 'export' / 'embed.sh'} CACHE_DIR")
     return out
 
 
@@ -147,11 +152,6 @@ def _training_arguments(config, data, out, device):
     )
 
 
-def _only_checkpoints(out):
-    """A run folder that a killed run left with nothing but the Trainer's checkpoints is ours to continue."""
-    return out.is_dir() and [p.name for p in out.iterdir()] == ["checkpoints"]
-
-
 def _tidy_checkpoints(folder, resume, log):
     """With --resume, drop checkpoints cut short by a kill; without it, start afresh. Only the Trainer's
     own checkpoint-N folders are removed, never anything else in the folder."""
@@ -182,6 +182,13 @@ def _checkpoints(folder):
 
 def _newest_checkpoint(folder):
     return str(_checkpoints(folder)[0])
+
+
+def _progress(checkpoint):
+    """'epoch E of N, step S': how far the checkpoint's run had got (from its trainer_state.json)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    epochs, step = state.get("num_train_epochs", "?"), state.get("global_step", "?")
+    return f"epoch {state.get('epoch', 0):g} of {epochs}, step {step}"
 
 
 def _is_complete(checkpoint):

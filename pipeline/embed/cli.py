@@ -1,7 +1,8 @@
 """Embed the TSV splits with BERT and CLIP (+LoRA) and cache the vectors as Parquet.
 
-Rerunning the same command resumes an interrupted run; a cache built from other
-models, checkpoints, settings or data is rebuilt (or refused with --on-stale refuse).
+Rerunning the same command resumes an interrupted run (or reuses a complete one); a
+cache built from other models, checkpoints, settings or data is refused, naming what
+changed (give another --cache-dir, or --on-stale rebuild to replace it).
 Under `torchrun --nproc_per_node N -m pipeline embed ...` each process embeds a
 disjoint share of the parts and the result is the same cache.
 """

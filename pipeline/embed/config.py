@@ -9,7 +9,7 @@ from pipeline.model.config import EMBEDDINGS, POOLING_CHOICES
 BAD_IMAGE_POLICIES = ("skip", "fail", "text-only")
 PLACEHOLDER_POLICIES = ("embed", "skip", "text-only")
 EMPTY_TITLE_POLICIES = ("skip", "image-only")
-STALE_POLICIES = ("rebuild", "refuse")
+STALE_POLICIES = ("refuse", "rebuild")
 CACHE_DTYPES = ("float32", "float16")
 
 
@@ -43,7 +43,9 @@ class EmbedConfig:
     on_empty_title: str = help_field(f"what a row with an empty title does: {', '.join(EMPTY_TITLE_POLICIES)} "
                                      "(image-only: kept with its image alone, listed in partial.tsv)", default="skip")
     on_stale: str = help_field(
-        f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)}", default="rebuild")
+        f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)} (refuse: stop and change "
+        "nothing, so another model never destroys a cache; rebuild: replace it once the new one is complete)",
+        default="refuse")
     part_rows: int = help_field("input rows per Parquet part (the unit of resuming)", default=4096)
     cache_dtype: str = help_field(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
     max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)

@@ -35,6 +35,7 @@ from pipeline.files import output_folder
 from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
 from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
+from pipeline.outputs import STAGE_ONE_CACHE, refuse_other_cache
 
 SPLIT_NOTES = ("placeholder_rows", "truncated_titles", "duplicate_ids", "non_utf8_rows")  # manifest keys per split
 
@@ -60,6 +61,8 @@ def run_embed(config, group=Group(), log=print):
     inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
     fingerprint = combine(inputs)
     cache_dir = output_folder(config.cache_dir, "--cache-dir")
+    if group.is_main:
+        refuse_other_cache(cache_dir, STAGE_ONE_CACHE)  # predict's parts would be deleted as stale
     if group.is_main and owned.read_fingerprint(cache_dir) is None and not (cache_dir / owned.STAGING).is_dir():
         owned.refuse_foreign(cache_dir)  # before the lock file is created in a folder that is not ours
     with cache_lock(cache_dir) if group.is_main else contextlib.nullcontext():
@@ -68,6 +71,8 @@ def run_embed(config, group=Group(), log=print):
         if state == "complete":
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
             return cache.read_manifest(cache_dir)
+        if state == "resume":
+            log(_resuming(target, splits, config.part_rows, fingerprint))
         placeholders = find_placeholders(
             config.resolved_image_root, splits, config.placeholder_max_bytes, config.placeholder_min_rows,
         )
@@ -105,6 +110,14 @@ def run_embed(config, group=Group(), log=print):
     manifest = cache.read_manifest(cache_dir)
     log(summary(manifest))
     return manifest
+
+
+def _resuming(folder, splits, part_rows, fingerprint):
+    """What a resumed run continues: the folder, its fingerprint and the parts done per split."""
+    done = {name: (len(cache.existing_parts(folder, name)), -(-len(rows) // part_rows))
+            for name, rows in splits.items()}
+    shown = ", ".join(f"{name} {have} of {total}" for name, (have, total) in done.items())
+    return f"cache {folder}: resuming the run with fingerprint {fingerprint[:12]}; parts already embedded: {shown}"
 
 
 def fingerprint_inputs(config, splits, image_settings):
@@ -197,8 +210,9 @@ def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
     changed = ", ".join(differences(old.get("inputs", {}), inputs)) or "unknown"
     if on_stale == "refuse":
         raise UserError(
-            f"{cache_dir}: cache was built from other inputs (changed: {changed}); "
-            "use another --cache-dir or --on-stale rebuild"
+            f"{cache_dir}: cache was built from other inputs (changed: {changed}); use another --cache-dir "
+            "to keep this cache and build the new one beside it, or --on-stale rebuild to replace it (the old "
+            "cache stays until the new one is complete). Nothing was changed"
         )
     log(f"cache {cache_dir} was built from other inputs (changed: {changed}); rebuilding it")
     if not (cache_dir / cache.MANIFEST_NAME).is_file():

@@ -45,7 +45,16 @@ def read_json(path):
 
 @contextmanager
 def refusing_pickled_code(folder, flag):
-    """transformers loads .bin weights with weights_only=True; say clearly why a file was refused."""
+    """transformers loads .bin weights with weights_only=True; say clearly why a file was refused.
+
+    Its own LOAD REPORT (UNEXPECTED / MISSING keys, logged as a warning on every load, also for a
+    Python caller of `Classifier`) is silenced meanwhile: `check_loading_info` checks the keys and
+    refuses what matters, with a message that names the flag."""
+    from transformers.utils import logging as hf_logging  # here: this module is imported by --help paths
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar too
     try:
         yield
     except pickle.UnpicklingError as error:
@@ -53,6 +62,10 @@ def refusing_pickled_code(folder, flag):
             f"{flag} {folder}: refused: a weights file holds Python objects beyond tensors, and loading them "
             f"could run code (weights_only=True: {str(error).splitlines()[0]}); use model.safetensors"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_loading_info(info, name, ignore_missing=(), ignore_unexpected=(), only=None):

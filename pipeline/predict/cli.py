@@ -7,7 +7,10 @@ id, prob_real, pred, pred_name, status (plus label and correct when the input
 has labels, and <out>.metrics.json). <out>.meta.json records the encoders used.
 """
 
+from pathlib import Path
+
 from pipeline.config import add_config_arguments, config_from_args
+from pipeline.outputs import claim_output_file
 from pipeline.predict.config import PredictConfig
 
 SHOWN_ROWS = 5
@@ -19,6 +22,8 @@ def add_arguments(parser):
 
 def run(args):
     config = config_from_args(PredictConfig, args)  # a bad flag fails before any model loads
+    claim_output_file(config.out, "--out", inputs=(config.input,), overwrite=config.overwrite,
+                      ours=_earlier_predictions)
     from pipeline.predict.classifier import Classifier
     from pipeline.predict.run import predict_file, read_results
     from pipeline.train.metrics import shown
@@ -44,3 +49,9 @@ def run(args):
         print(f"Metrics: {shown(summary['metrics'])} (written to {config.out}.metrics.json)")
     print(f"Wrote {config.out} and {config.out}.meta.json")
     return 0
+
+
+def _earlier_predictions(path):
+    """An output of an earlier predict: its <out>.meta.json lies beside it."""
+    meta = Path(f"{path}.meta.json")
+    return meta.is_file() and not meta.is_symlink()

@@ -43,6 +43,8 @@ class PredictConfig:
     allow_other_encoders: bool = help_field(
         "predict even when the encoders differ from those the head was trained on (a warning goes into "
         "<out>.meta.json; the probabilities are then not to be trusted)", default=False)
+    overwrite: bool = help_field("replace --out even when it is an input, a file of a run folder or cache, or a "
+                                 "file predict did not write (without it those are refused)", default=False)
     cache_dir: str = help_field("keep the embedded parts here, so an interrupted run resumes (default: a "
                                 "temporary folder beside --out, removed at the end)", default=None)
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")

@@ -24,6 +24,7 @@ from pipeline.embed.fingerprint import combine, path_sha256
 from pipeline.embed.run import cache_lock, embed_split
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
+from pipeline.outputs import PREDICT_CACHE, refuse_other_cache
 from pipeline.train.metrics import compute_metrics
 
 SPLIT = "posts"  # the name of the input's parts in the cache folder (and of ids without an id column)
@@ -70,6 +71,7 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
     keep = cache_dir is not None
     if keep:  # a folder of the user's: never written into unless it is one of ours, one writer at a time
         folder = output_folder(cache_dir, "--cache-dir")
+        refuse_other_cache(folder, PREDICT_CACHE)  # an embed cache's parts would be deleted as stale
         if owned.read_fingerprint(folder) is None:
             owned.refuse_foreign(folder)
     else:

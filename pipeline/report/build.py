@@ -5,6 +5,8 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.files import write_text_atomic
+from pipeline.outputs import claim_output_file
+from pipeline.report.markup import PAGE_START
 
 PAGE_NAME = "report.html"
 
@@ -16,8 +18,8 @@ def add_report_argument(parser):
 
 
 def report_if_asked(args, folder, log=print):
-    if args.report:
-        out = write_report(folder)
+    if args.report:  # a non-empty run folder took --overwrite (or --resume) already
+        out = write_report(folder, overwrite=getattr(args, "overwrite", False))
         log(f"Report: {out} ({out.stat().st_size / 1024:.0f} KB)")
 
 
@@ -36,17 +38,29 @@ def kind_of(folder):
     return "ablation" if kind == "ablate" else "run"
 
 
-def write_report(folder, out=None):
-    """Write the folder's page to `out` (default FOLDER/report.html); returns its path."""
+def write_report(folder, out=None, overwrite=False):
+    """Write the folder's page to `out` (default FOLDER/report.html); returns its path.
+
+    `out` is checked before the page is built: never one of the run's files, never a file that is not
+    one of our pages, unless `overwrite`."""
     folder = Path(folder)
     kind = kind_of(folder)
+    out = Path(out) if out else folder / PAGE_NAME
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as {out / PAGE_NAME}")
+    claim_output_file(out, "--out", overwrite=overwrite, ours=is_our_page)
     if kind == "ablation":
         from pipeline.report.ablation_page import ablation_page as build
     else:
         from pipeline.report.run_page import run_page as build
-    text = build(folder)
-    out = Path(out) if out else folder / PAGE_NAME
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name such as {out / PAGE_NAME}")
-    write_text_atomic(out, text)
+    write_text_atomic(out, build(folder))
     return out
+
+
+def is_our_page(path):
+    """A page this command wrote (today's and earlier versions start the same way)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(PAGE_START)) == PAGE_START.encode()
+    except OSError:
+        return False

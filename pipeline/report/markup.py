@@ -61,10 +61,12 @@ def png_data_uri(data):
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def image(path, alt):
-    """An <img> holding the PNG at `path`, or an empty string when there is none."""
+def image(path, alt, root=None):
+    """An <img> holding the PNG at `path`, or an empty string when there is none, or when `path` (or a
+    symlink on the way) leads out of folder `root` (default: the folder holding it): a shared page
+    never carries the bytes of a file its run folder does not own."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or not path.resolve().is_relative_to(Path(root or path.parent).resolve()):
         return Raw("")
     return Raw(f'<img src="{png_data_uri(path.read_bytes())}" alt="{escape(alt)}">')
 
@@ -77,9 +79,11 @@ def paragraph(text, note=False):
     return Raw(f"<p{NOTE_CLASS if note else ''}>{escape(text)}</p>")
 
 
+PAGE_START = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>"  # how `report` knows its pages
+
+
 def page(title, subtitle, sections):
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        PAGE_START + f"{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>{paragraph(subtitle, note=True)}{''.join(sections)}</body></html>\n"
     )

@@ -146,7 +146,7 @@ def doctor_section(config):
     """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's cache."""
     cache_dir = (config.get("cache") or {}).get("dir")
     path = Path(cache_dir) / "doctor" / "doctor.md" if cache_dir else None
-    if not path or not path.is_file():
+    if not path or not path.is_file() or path.is_symlink():  # never a file's text through a planted link
         return None
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     items = "".join(f"<li>{escape(line[2:])}</li>" for line in lines if line.startswith("- "))

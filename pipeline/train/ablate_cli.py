@@ -9,6 +9,7 @@ and its comparison), comparisons.csv (pooled over seeds), ablation.md (the table
 config.json and run.json (the run record) into --out.
 """
 
+import argparse
 from dataclasses import asdict, replace
 
 from pipeline.config import add_config_arguments, configs_from_args
@@ -19,19 +20,22 @@ from pipeline.train.config import TrainConfig
 
 
 def add_arguments(parser):
-    parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
+    parser.add_argument("--cache-dir", required=True, help="embedding cache folder written by `embed`")
     parser.add_argument("--out", default="runs/ablation", help="folder for ablation.csv, ablation.md, config.json")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out that is not an ablate folder (same-named files "
-                             "are replaced, others left)")
+                        help="write into a non-empty --out, even an earlier ablation's (same-named files are "
+                             "replaced, others left); without it a non-empty --out is refused")
     parser.add_argument("--modalities", nargs="+", default=["text", "image", "text,image"],
                         help="modality sets to compare, each comma-separated (text,image = both)")
-    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS),
-                        help=f"fusion kinds for the two-modality sets: any of {', '.join(FUSIONS)}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds run for every variant")
+    parser.add_argument("--fusions", nargs="+", type=_words, default=list(FUSIONS),
+                        help=f"fusion kinds for the two-modality sets: any of {', '.join(FUSIONS)} "
+                             "(space- or comma-separated)")
+    parser.add_argument("--seeds", nargs="+", type=_whole_numbers, default=[0, 1, 2],
+                        help="seeds run for every variant (space- or comma-separated: 0 1 2 or 0,1,2)")
     parser.add_argument("--reference", default=None,
-                        help="the variant every other is compared with, as text, image, text+image/gated; "
-                             "None means the text-only variant (else the first of the grid)")
+                        help="the variant every other is compared with, spelled as --modalities is, with /fusion "
+                             "for two: text, image, text,image/gated (text+image/gated works too); None means the "
+                             "text-only variant (else the first of the grid)")
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
@@ -39,14 +43,31 @@ def add_arguments(parser):
     add_report_argument(parser)
 
 
+def _words(text):
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
+def _whole_numbers(text):
+    try:
+        return [int(word) for word in _words(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not whole numbers; give seeds as 0 1 2 or 0,1,2") from None
+
+
+def _flat(values):
+    """nargs='+' of comma lists -> one list; the default is already flat."""
+    return [item for value in values for item in (value if isinstance(value, list) else [value])]
+
+
 def run(args):
+    args.seeds, args.fusions = _flat(args.seeds), _flat(args.fusions)
     head_config, train_config = configs_from_args(args, HeadConfig, TrainConfig,
                                                   HeadConfig={"modalities": MODALITIES})
     for fusion in args.fusions:  # check every value before the first run, not halfway through the grid
         replace(head_config, fusion=fusion)
-    from pipeline.train.run_folder import claim_out
+    from pipeline.outputs import claim_run_folder
 
-    out = claim_out(args.out, args.overwrite, "ablate")
+    out = claim_run_folder(args.out, "ablate", args.overwrite)
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.runs.encoders import from_manifest

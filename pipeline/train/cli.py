@@ -20,12 +20,13 @@ from pipeline.train.config import TrainConfig
 
 
 def add_arguments(parser):
-    parser.add_argument("--cache-dir", default="runs/cache", help="embedding cache folder written by `embed`")
+    parser.add_argument("--cache-dir", required=True,
+                        help="embedding cache folder written by `embed` (make: CACHE_DIR)")
     parser.add_argument("--out", default=None,
                         help="run folder; None means runs/head-<modalities>[-<fusion>]-seed<seed>")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out that is not a train-head run folder (same-named files "
-                             "are replaced, others left)")
+                        help="write into a non-empty --out, even an earlier run's (same-named files are replaced, "
+                             "others left); without it a non-empty --out is refused")
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows: a `split<TAB>id` TSV as `doctor "
                              "--write-clean-ids` writes it, or one id a line")
@@ -37,9 +38,10 @@ def add_arguments(parser):
 def run(args):
     # Build both configs before loading anything, so a bad flag fails in milliseconds.
     head_config, train_config = configs_from_args(args, HeadConfig, TrainConfig)
-    from pipeline.train.run_folder import claim_out, default_out
+    from pipeline.outputs import claim_run_folder
+    from pipeline.train.run_folder import default_out
 
-    out = claim_out(args.out or default_out(head_config, train_config.seed), args.overwrite, "train-head")
+    out = claim_run_folder(args.out or default_out(head_config, train_config.seed), "train-head", args.overwrite)
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
     from pipeline.runs.encoders import from_manifest

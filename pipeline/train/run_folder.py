@@ -13,14 +13,12 @@
     curves.png, confusion_matrix.png, roc.png, pr.png, reliability.png
 """
 
-import json
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import pandas as pd
 
 import pipeline
-from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.head import FusionHead, save_head
 from pipeline.runs.encoders import write_encoders
@@ -58,34 +56,6 @@ def default_out(head_config, seed):
     if len(head_config.modalities) == 2:
         name += f"-{head_config.fusion}"
     return Path("runs") / f"head-{name}-seed{seed}"
-
-
-def claim_out(out, overwrite, command, flag="--out"):
-    """Check before any work that `out` may be written: a new or empty folder, one of our own `command`
-    run folders (its config.json says so), or any folder with --overwrite. Only our own file names are
-    ever written into it; nothing in it is deleted."""
-    out = Path(out)
-    if out.is_symlink() and not out.exists():
-        raise UserError(f"{flag} {out}: a symlink to nothing; give a folder path")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{flag} {out}: is a file, not a folder; give a folder path")
-    if not out.is_dir() or overwrite:
-        return out
-    entries = sorted(p.name for p in out.iterdir())
-    if entries and not _is_our_run(out / "config.json", command):
-        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-        raise UserError(f"{flag} {out}: not empty and not a {command} run folder (it holds {shown}); "
-                        "choose another --out, or pass --overwrite to write this run's files into it "
-                        "(files of the same name are replaced, others are left)")
-    return out
-
-
-def _is_our_run(path, command):
-    try:
-        config = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return isinstance(config, dict) and config.get("command") == command and "pipeline_version" in config
 
 
 def write_csv(path, columns):
