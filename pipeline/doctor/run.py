@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.data.splits import read_split
@@ -18,7 +19,7 @@ from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic, write_text_atomic
 
-KINDS = ("exact_image", "exact_title", "near_image", "near_title")
+KINDS = ("exact_image", "perceptual_image", "exact_title", "near_image", "near_title")
 PAIR_COLUMNS = ("split", "id", "other_split", "other_id", "kind", "similarity", "label", "other_label", "partners")
 
 
@@ -52,6 +53,18 @@ def run_doctor(config, log=print):
         checked["exact_image"] = False
         notes.append(f"exact-image duplicates cannot be checked: the cache is format {manifest['format_version']} "
                      "and holds no image hashes; re-embed it with this version (`python -m pipeline embed`)")
+
+    if all(split.image_phash is not None for split in splits.values()):
+        pairs += checks.perceptual_pairs(
+            {n: s.image_phash for n, s in splits.items()}, labels, ids,
+            skip={n: np.isin(s.image_sha256, sorted(placeholder_hashes)) for n, s in splits.items()})
+        checked["perceptual_image"] = True
+    else:
+        checked["perceptual_image"] = False
+        notes.append(f"resized or re-encoded image copies cannot be checked: the cache is format "
+                     f"{manifest['format_version']} and holds no perceptual hashes (format 4 and later do); it still "
+                     "trains as it is; re-embed it for this check (rerunning `python -m pipeline embed` with the same "
+                     "flags rebuilds it, `--on-stale rebuild`)")
 
     titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern)
                        if config.data_dir else (None, None))

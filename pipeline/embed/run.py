@@ -280,7 +280,7 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
         _check_finite("image_emb", vectors, [batch.rows[i] for i in batch.good], rows)
         image.update(zip(batch.good, vectors.float().cpu().numpy()))
     parts.add([batch.rows[i] for i in kept], [text[i] for i in kept], [image[i] for i in kept],
-              truncated=batch.truncated, missing=batch.missing, sha256=batch.sha256)
+              truncated=batch.truncated, missing=batch.missing, sha256=batch.sha256, phash=batch.phash)
     return len(kept)
 
 
