@@ -141,6 +141,7 @@ def _report(config, manifest, splits, pairs, checked, near, notes, device):
     placeholders = {name: info.get("placeholder_rows") for name, info in manifest["splits"].items()}
     return {
         "format_version": manifest["format_version"], "cache_dir": str(config.cache_dir),
+        "fingerprint": manifest.get("fingerprint"),  # reports show these findings only for runs on this cache
         "data_dir": config.data_dir and str(config.data_dir),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "device": str(device), "checked": checked, "notes": notes,
@@ -181,7 +182,8 @@ def summary_lines(report):
 
 def markdown(report):
     lines = [f"# doctor: {report['cache_dir']}", "",
-             f"Threshold (centred cosine) {report['config']['threshold']}; pairs in doctor_pairs.csv.", ""]
+             f"Cache fingerprint {str(report.get('fingerprint'))[:12]}; threshold (centred cosine) "
+             f"{report['config']['threshold']}; pairs in doctor_pairs.csv.", ""]
     lines += [f"- {line}" for line in summary_lines(report)]
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ import pandas as pd
 
 from pipeline.report.examples import data_settings, error_cards
 from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
+from pipeline.report.provenance import banner, cache_state, doctor_findings, encoders_table, run_encoders
 
 FIGURES = (("curves.png", "learning curves (dashed line: best epoch)"), ("confusion_matrix.png", "confusion matrices"),
            ("roc.png", "ROC curves"), ("pr.png", "precision-recall curves"), ("reliability.png", "reliability diagram"))
@@ -21,16 +22,18 @@ def run_page(folder):
     folder = Path(folder)
     config, metrics = read_json(folder / "config.json"), read_json(folder / "metrics.json")
     data = data_settings(config)
+    state = cache_state(config)
     sections = [
+        banner(state),
         section("Metrics", metrics_section(metrics), "metrics"),
-        section("Data", data_section(config, folder), "data"),
+        section("Data", data_section(config, folder, state), "data"),
         section("Training and curves", figures_section(folder, config), "curves"),
         section("Worst errors", worst_errors_section(folder, data), "errors"),
         section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
     ]
-    doctor = doctor_section(config)
+    doctor = doctor_section(state)
     if doctor:
-        sections.insert(2, section("Leakage doctor", doctor, "doctor"))
+        sections.insert(3, section("Leakage doctor", doctor, "doctor"))
     command = config.get("command", "run")
     return page(f"{command}: {folder.name}", f"Run folder {folder.resolve()}", sections)
 
@@ -73,17 +76,25 @@ def _with_interval(values, name):
     return f"{shown} [{fmt(interval[0], 2)}, {fmt(interval[1], 2)}]" if interval else shown
 
 
-def data_section(config, folder):
+def data_section(config, folder, state):
+    """The run's data and encoders as its own folder records them; the cache's counts only while the cache
+    still holds what the run was trained on (same fingerprint)."""
     parts = []
     cache = config.get("cache")
-    manifest = _manifest(cache.get("dir")) if cache else None
+    manifest = state.manifest if state.status == "same" else None
     if manifest:
         parts.append(paragraph(f"Cache {cache['dir']} (fingerprint {str(manifest.get('fingerprint'))[:12]})"))
         parts.append(_split_table(manifest["splits"]))
-        parts.append(_encoders_table(manifest))
     elif cache:
-        parts.append(paragraph(f"Cache {cache.get('dir')}: not found from here; rows used per split: "
-                               f"{cache.get('rows')}", note=True))
+        where = {"gone": "not found from here", "rebuilt": "rebuilt since this run (see the banner above)",
+                 "unknown": "the run records no fingerprint, so its current contents are not shown"}[state.status]
+        parts.append(paragraph(f"Cache {cache.get('dir')}: {where}; rows used per split: {cache.get('rows')}",
+                               note=True))
+    encoders = run_encoders(folder, config)
+    if encoders is not None:
+        parts.append(encoders_table(encoders, state.trained_on))
+    elif manifest:  # no encoders.json (a run on a synthetic cache): the cache is still the run's own
+        parts.append(_encoders_table(manifest))
     if "data" in config:  # finetune-e2e reads the split files itself
         data = config["data"]
         parts.append(table(["setting", "value"], [[k, data.get(k)] for k in (
@@ -94,13 +105,6 @@ def data_section(config, folder):
         counts = reasons.groupby(["split", "reason"]).size().reset_index(name="rows").values.tolist()
         parts.append(Raw("<h3>Skipped rows</h3>" + table(["split", "reason", "rows"], counts, text_columns=2)))
     return Raw("".join(parts))
-
-
-def _manifest(cache_dir):
-    try:
-        return read_json(Path(cache_dir) / "manifest.json")
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 def _split_table(splits):
@@ -132,11 +136,13 @@ def figures_section(folder, config):
     return Raw(f'{intro}<div class="figures">{images}</div>')
 
 
-def doctor_section(config):
-    """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's cache."""
-    cache_dir = (config.get("cache") or {}).get("dir")
-    path = Path(cache_dir) / "doctor" / "doctor.md" if cache_dir else None
-    if not path or not path.is_file():
+def doctor_section(state):
+    """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's own cache (its
+    doctor.json records the run's fingerprint); else a note saying why they are not shown, or None."""
+    path, stale = doctor_findings(state)
+    if stale:
+        return paragraph(stale, note=True)
+    if path is None:
         return None
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     items = "".join(f"<li>{escape(line[2:])}</li>" for line in lines if line.startswith("- "))
