@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.data.images import ImageSettings, image_pixels, load_image
-from pipeline.data.phash import MAX_DISTANCE, dhash, distances
+from pipeline.data.phash import BITS, MAX_DISTANCE, NONE, distances, has_hash, perceptual_hash
 from pipeline.embed import cache
 from pipeline.files import file_sha256
 from tests.helpers import SMALL_FLAGS
@@ -34,27 +34,41 @@ def _jpeg(image, quality):
 
 def _hash(image, size=32):
     """Of the pixels stage one hashes: resized and centre-cropped as for a CLIP of `size`."""
-    return dhash(image_pixels(image, ImageSettings(size=size)))
+    return perceptual_hash(image_pixels(image, ImageSettings(size=size)))
 
 
 def test_copies_stay_within_the_distance_and_distinct_pictures_do_not():
     originals = [_photo(seed) for seed in range(40)]
-    hashes = np.array([_hash(image) for image in originals], dtype=np.uint64)
+    hashes = np.array([_hash(image) for image in originals], dtype=np.uint64)  # (40, 3)
     for image, value in zip(originals, hashes):
         for copy in (_jpeg(image, 40), image.resize((192, 144), Image.Resampling.BICUBIC),
                      _jpeg(image.resize((32, 24), Image.Resampling.LANCZOS), 70)):
             assert distances([_hash(copy)], [value])[0, 0] <= MAX_DISTANCE
-    between = distances(hashes, hashes)[~np.eye(len(hashes), dtype=bool)]
-    assert between.min() > MAX_DISTANCE and 20 < np.median(between) < 44  # unrelated: about half the bits
+    others = ~np.eye(len(hashes), dtype=bool)
+    assert distances(hashes, hashes)[others].min() > MAX_DISTANCE
+    bits = np.bitwise_count(hashes[:, None, :2] ^ hashes[None, :, :2]).sum(axis=2)[others]  # colour aside
+    assert 0.3 * BITS < np.median(bits) < 0.7 * BITS  # unrelated pictures: about half the bits
 
 
 def test_flat_tiny_and_grey_images_hash_without_error():
-    assert dhash(np.full((32, 32, 3), 128, np.uint8)) == 0  # flat: no hash, it would match every flat image
-    assert dhash(np.full((1, 1, 3), 200, np.uint8)) == 0
+    assert perceptual_hash(np.full((32, 32, 3), 128, np.uint8)) == NONE  # flat: it would match every flat image
+    assert perceptual_hash(np.full((1, 1, 3), 200, np.uint8)) == NONE
+    assert not has_hash([NONE]).any()
     grey = np.asarray(_photo(3).convert("L"))
-    assert dhash(grey) == dhash(np.repeat(grey[..., None], 3, axis=2)) != 0
-    ramp = np.tile(np.arange(9, dtype=np.uint8)[::-1] * 20, (8, 1))  # every cell brighter than its right one
-    assert dhash(ramp) == (1 << 64) - 1
+    assert perceptual_hash(grey) == perceptual_hash(np.repeat(grey[..., None], 3, axis=2)) != NONE
+    ramp = np.tile(np.arange(9, dtype=np.uint8)[::-1] * 20, (9, 1))  # every cell brighter than its right one
+    wide, tall, colour = perceptual_hash(ramp)
+    assert wide == (1 << 64) - 1 and tall == 0 and colour == 0x505050  # mean grey 80 in every channel
+
+
+def test_the_same_shapes_in_other_colours_do_not_match():
+    """A grey-level hash alone cannot tell two left-to-right gradients apart (the demo's pictures); the colour
+    can."""
+    ramp = np.linspace(0, 1, 64)[None, :, None] * np.ones((48, 1, 1))  # (48, 64, 1)
+    warm = (ramp * [200, 80, 40] + 20).astype(np.uint8)
+    cool = (ramp * [40, 90, 210] + 20).astype(np.uint8)
+    assert distances([perceptual_hash(warm)], [perceptual_hash(cool)])[0, 0] > MAX_DISTANCE
+    assert distances([perceptual_hash(warm)], [perceptual_hash(warm[::2, ::2])])[0, 0] <= MAX_DISTANCE
 
 
 def _photo_dataset(folder, copies):
@@ -88,8 +102,9 @@ def test_stage_one_stores_the_hash_of_the_pixels_it_embedded(planted_cache):
     split = cache.load_split(folder, "train")
     settings = ImageSettings.from_model_folder(json.loads((folder / "manifest.json").read_text())["config"]["embed"]
                                                ["clip_model"])
-    expected = [dhash(load_image(data, f"images/{key}.jpg", settings)) for key in split.ids]
-    assert split.image_phash.dtype == np.uint64 and list(split.image_phash) == expected and all(expected)
+    expected = [perceptual_hash(load_image(data, f"images/{key}.jpg", settings)) for key in split.ids]
+    assert split.image_phash.dtype == np.uint64 and split.image_phash.shape == (len(split), 3)
+    assert [tuple(int(word) for word in row) for row in split.image_phash] == expected and NONE not in expected
 
 
 def test_doctor_finds_the_ten_planted_copies_and_nothing_else(planted_cache, capsys):
@@ -101,7 +116,7 @@ def test_doctor_finds_the_ten_planted_copies_and_nothing_else(planted_cache, cap
     perceptual = pairs[pairs["kind"] == "perceptual_image"]
     assert set(zip(perceptual["id"], perceptual["other_id"])) == set(planted_cache["planted"].items())
     assert report["checked"]["perceptual_image"] and report["pairs"]["perceptual_image"] == 10
-    assert (perceptual["similarity"] >= 1 - MAX_DISTANCE / 64).all()
+    assert (perceptual["similarity"] >= 1 - MAX_DISTANCE / BITS).all()
     assert not (pairs["kind"] == "exact_image").any()  # other bytes: the file hashes do not see them
     assert "perceptual image (checked): 10 cross-split pair(s)" in printed
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.data.known_placeholders import KNOWN_PLACEHOLDERS
-from pipeline.data.phash import dhash
+from pipeline.data.phash import perceptual_hash
 from pipeline.data.placeholders import known_placeholder
 from pipeline.embed import cache
 
@@ -40,7 +40,7 @@ def test_the_package_holds_the_fixtures_hashes(name):
     data = (FIXTURES / name).read_bytes()
     (entry,) = [known for known in KNOWN_PLACEHOLDERS if known.sha256 == hashlib.sha256(data).hexdigest()]
     assert entry.bytes == len(data) and entry.size == FILES[name] == Image.open(FIXTURES / name).size
-    assert entry.dhash == dhash(np.asarray(Image.open(FIXTURES / name).convert("RGB")))
+    assert entry.phash == perceptual_hash(np.asarray(Image.open(FIXTURES / name).convert("RGB")))
 
 
 @pytest.mark.parametrize("name", FILES)

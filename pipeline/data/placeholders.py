@@ -110,10 +110,10 @@ def known_placeholder(data, digest):
                 if not candidates or image.size[0] * image.size[1] > _MAX_DECODED_PIXELS:
                     return None
                 image.seek(0)
-                value = phash.dhash(np.asarray(image.convert("RGB")))
+                value = phash.perceptual_hash(np.asarray(image.convert("RGB")))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None  # not an image, or a broken one: the embedding pass reports it with its reason
     for known in candidates:
-        if value and int(phash.distances([value], [known.dhash])[0, 0]) <= phash.MAX_DISTANCE:
+        if phash.matches(value, known.phash):
             return f"{known.name}, re-encoded"
     return None

@@ -5,8 +5,9 @@ them, the split files' titles and columns; each returns plain dicts and pair
 rows, which report.py writes. A pair is (split, id, other split, other id,
 kind, similarity, labels): kinds are exact_image (same file bytes), exact_title
 (same title after normalisation), perceptual_image (decoded pixels whose
-perceptual hash differs in at most phash.MAX_DISTANCE of 64 bits: a resized or
-re-encoded copy, found whatever the encoder; similarity 1 - bits / 64), near_image
+perceptual hash differs in at most phash.MAX_DISTANCE of 128 bits, same mean
+colour: a resized or re-encoded copy, found whatever the encoder; similarity
+1 - bits / 128), near_image
 and near_title (centred cosine at or above the threshold to a train row, from the
 cached vectors).
 """
@@ -23,7 +24,7 @@ from pipeline.doctor.near import effective_dimensions, nearest_train
 EVAL_SPLITS = ("val", "test")
 PROXY_COLUMNS = ("subreddit", "domain", "author")
 PAIRS_PER_ROW = 5  # partners listed per row and kind; the count of all of them is kept
-_HASHES_PER_BLOCK = 1 << 22  # query x reference hash pairs compared at once (32 MB of uint64)
+_HASHES_PER_BLOCK = 1 << 21  # query x reference hash pairs compared at once (a few 16-MB arrays)
 
 
 def normalise_title(title):
@@ -60,9 +61,9 @@ def exact_pairs(keys, labels, ids, kind, skip_keys=()):
 
 def perceptual_pairs(hashes, labels, ids, skip=None, max_distance=phash.MAX_DISTANCE):
     """Pairs of rows in different splits whose images' perceptual hashes differ in at most `max_distance` bits.
-    `hashes` = {split: (N,) uint64, 0 = none}; `skip` = {split: (N,) bool} rows left out (placeholders)."""
+    `hashes` = {split: (N, 3) uint64, zeros = none}; `skip` = {split: (N,) bool} rows left out (placeholders)."""
     pairs = []
-    usable = {name: np.flatnonzero((values != 0) & ~(skip or {}).get(name, np.zeros(len(values), bool)))
+    usable = {name: np.flatnonzero(phash.has_hash(values) & ~(skip or {}).get(name, np.zeros(len(values), bool)))
               for name, values in hashes.items()}
     for split in [name for name in EVAL_SPLITS if name in hashes]:
         for other in other_splits(split, hashes):

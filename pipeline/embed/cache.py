@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.phash import WORDS as WORDS_PER_PHASH
 from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
@@ -34,7 +35,8 @@ from pipeline.files import file_sha256, read_json_object, write_atomic, write_js
 
 # 2 added has_text/has_image columns, null vectors for a missing half and partial.tsv; 3 added `image_sha256`
 # (the image file's SHA-256, for `doctor`'s exact-duplicate check); 4 added `image_phash` (uint64 perceptual
-# hash of the decoded pixels, 0 when none, for `doctor`'s resized/re-encoded-copy check). Older caches still load
+# hash of the decoded pixels as 3 words, see data/phash.py; zeros when none; for `doctor`'s resized/re-encoded-copy
+# check). Older caches still load
 # and train (every row whole, no image hashes); `embed` rebuilds them, since the version is part of the fingerprint.
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
@@ -60,7 +62,7 @@ class CachedSplit:
     has_text: np.ndarray = None  # (N,) bool; None (all True) for splits built in memory without it
     has_image: np.ndarray = None  # (N,) bool
     image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a cache before format 3
-    image_phash: np.ndarray = None  # (N,) uint64 phash.dhash (0 when none); None for a cache before format 4
+    image_phash: np.ndarray = None  # (N, 3) uint64 phash.perceptual_hash (zeros: none); None before format 4
 
     def __post_init__(self):
         for name in ("has_text", "has_image"):
@@ -105,7 +107,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
     `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
     all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
     `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image), `image_phash`
-    one perceptual hash (0 or None: none).
+    one `phash.perceptual_hash` (None: none).
     """
     ids = list(ids)
     has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
@@ -120,8 +122,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "text_emb": _embedding_array(text_emb, dtype, has_text),
         "image_emb": _embedding_array(image_emb, dtype, has_image),
         "image_sha256": pa.array(digests, type=pa.string()),
-        "image_phash": pa.array(np.zeros(len(ids), np.uint64) if image_phash is None else
-                                np.array([value or 0 for value in image_phash], dtype=np.uint64), type=pa.uint64()),
+        "image_phash": _phash_array(image_phash, len(ids)),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -134,6 +135,22 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         pq.write_table(table, tmp)
 
     write_atomic(path, write)
+
+
+def _phash_array(hashes, rows):
+    """(rows, 3) uint64 hashes as fixed-size lists; None (or a None row) stores zeros: no hash."""
+    words = np.zeros((rows, WORDS_PER_PHASH), np.uint64)
+    for row, value in enumerate(hashes if hashes is not None else ()):
+        if value is not None:
+            words[row] = value
+    return pa.FixedSizeListArray.from_arrays(pa.array(words.reshape(-1), type=pa.uint64()), WORDS_PER_PHASH)
+
+
+def _phash_matrix(column):
+    """The fixed-size-list column back as (rows, 3) uint64 (.values keeps every row's slots; see `_matrix`)."""
+    return np.concatenate([np.zeros((0, WORDS_PER_PHASH), np.uint64)] + [
+        chunk.values.slice(chunk.offset * WORDS_PER_PHASH, len(chunk) * WORDS_PER_PHASH).to_numpy()
+        .reshape(-1, WORDS_PER_PHASH) for chunk in column.chunks])
 
 
 def remove_temp_files(cache_dir):
@@ -270,7 +287,7 @@ def load_split(cache_dir, split, verify=True):
     image = np.empty((rows, dims["image"]), dtype=np.float32)
     has_text, has_image = np.ones(rows, dtype=bool), np.ones(rows, dtype=bool)  # format 1: every row whole
     digests = np.full(rows, "", dtype=object)
-    phashes = np.zeros(rows, dtype=np.uint64)
+    phashes = np.zeros((rows, WORDS_PER_PHASH), dtype=np.uint64)
     has_digests, has_phashes = manifest["format_version"] >= 3, manifest["format_version"] >= 4
     start = 0
     for part in info["parts"]:
@@ -291,7 +308,7 @@ def load_split(cache_dir, split, verify=True):
         if has_digests:
             digests[start:stop] = _column(table, "image_sha256", path, manifest).to_pylist()
         if has_phashes:
-            phashes[start:stop] = _column(table, "image_phash", path, manifest).to_numpy()
+            phashes[start:stop] = _phash_matrix(_column(table, "image_phash", path, manifest))
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop

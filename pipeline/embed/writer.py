@@ -59,7 +59,7 @@ class PartWriter:
         touched = set()
         for i, row in enumerate(rows):
             self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], missing.get(row),
-                                                                       sha256.get(row, ""), phash.get(row, 0))
+                                                                       sha256.get(row, ""), phash.get(row))
             touched.add(row // self.part_rows)
         for part in touched:
             self.maybe_write(part)
