@@ -87,6 +87,8 @@ def test_a_degenerate_temperature_is_not_stored_with_the_head(tmp_path, capsys):
     assert "already on its right side of 0.5" in calibration["warning"]
     stored = json.loads((tmp_path / "cal" / "head" / "head_config.json").read_text())["extra"]["calibration"]
     assert stored["temperature"] == 1.0
+    assert main(["report", str(tmp_path / "cal")]) == 0
+    assert "the fit gave T = " in (tmp_path / "cal" / "report.html").read_text()  # the page says it too
     assert _train(tmp_path / "cache", tmp_path / "raw") == 0
     calibrated = pd.read_csv(tmp_path / "cal" / "predictions_test.csv")["prob_real"]
     raw = pd.read_csv(tmp_path / "raw" / "predictions_test.csv")["prob_real"]

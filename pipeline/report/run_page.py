@@ -48,7 +48,10 @@ def metrics_section(metrics):
     note = paragraph(f"Top-level metrics use threshold 0.5; the tuned columns use {fmt(threshold)}, "
                      "tuned on validation only (optimistic on val itself, honest on test). Intervals, when shown, "
                      "are 95% bootstrap intervals.", note=True)
-    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
+    recorded = [(metrics.get(split) or {}).get("warnings") or [] for split in ("val", "test")]
+    warnings = dict.fromkeys(line for lines in recorded for line in lines if isinstance(line, str))  # run's own
+    shown = "".join(paragraph(line, note=True) for line in warnings)
+    return Raw(shown + table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
                + presence_tables(metrics))
 
 
