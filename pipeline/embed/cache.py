@@ -26,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.phash import WORDS as WORDS_PER_PHASH
+from pipeline.data.phash import WORDS
 from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
+from pipeline.embed.hash_column import phash_array, phash_matrix
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
@@ -122,7 +123,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "text_emb": _embedding_array(text_emb, dtype, has_text),
         "image_emb": _embedding_array(image_emb, dtype, has_image),
         "image_sha256": pa.array(digests, type=pa.string()),
-        "image_phash": _phash_array(image_phash, len(ids)),
+        "image_phash": phash_array(image_phash, len(ids)),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -135,22 +136,6 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         pq.write_table(table, tmp)
 
     write_atomic(path, write)
-
-
-def _phash_array(hashes, rows):
-    """(rows, 3) uint64 hashes as fixed-size lists; None (or a None row) stores zeros: no hash."""
-    words = np.zeros((rows, WORDS_PER_PHASH), np.uint64)
-    for row, value in enumerate(hashes if hashes is not None else ()):
-        if value is not None:
-            words[row] = value
-    return pa.FixedSizeListArray.from_arrays(pa.array(words.reshape(-1), type=pa.uint64()), WORDS_PER_PHASH)
-
-
-def _phash_matrix(column):
-    """The fixed-size-list column back as (rows, 3) uint64 (.values keeps every row's slots; see `_matrix`)."""
-    return np.concatenate([np.zeros((0, WORDS_PER_PHASH), np.uint64)] + [
-        chunk.values.slice(chunk.offset * WORDS_PER_PHASH, len(chunk) * WORDS_PER_PHASH).to_numpy()
-        .reshape(-1, WORDS_PER_PHASH) for chunk in column.chunks])
 
 
 def remove_temp_files(cache_dir):
@@ -287,7 +272,7 @@ def load_split(cache_dir, split, verify=True):
     image = np.empty((rows, dims["image"]), dtype=np.float32)
     has_text, has_image = np.ones(rows, dtype=bool), np.ones(rows, dtype=bool)  # format 1: every row whole
     digests = np.full(rows, "", dtype=object)
-    phashes = np.zeros((rows, WORDS_PER_PHASH), dtype=np.uint64)
+    phashes = np.zeros((rows, WORDS), dtype=np.uint64)
     has_digests, has_phashes = manifest["format_version"] >= 3, manifest["format_version"] >= 4
     start = 0
     for part in info["parts"]:
@@ -308,7 +293,7 @@ def load_split(cache_dir, split, verify=True):
         if has_digests:
             digests[start:stop] = _column(table, "image_sha256", path, manifest).to_pylist()
         if has_phashes:
-            phashes[start:stop] = _phash_matrix(_column(table, "image_phash", path, manifest))
+            phashes[start:stop] = phash_matrix(_column(table, "image_phash", path, manifest))
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
