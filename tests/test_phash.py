@@ -147,3 +147,10 @@ def test_an_old_cache_without_hashes_still_trains_and_the_doctor_asks_for_a_re_e
     assert "perceptual image (NOT checked)" in printed
     assert "resized or re-encoded image copies cannot be checked: the cache is format 3" in printed
     assert "re-embed it for this check" in printed
+
+
+def test_distances_are_the_same_without_numpy_2s_bitwise_count(monkeypatch):
+    hashes = np.array([_hash(_photo(seed)) for seed in range(6)], dtype=np.uint64)
+    expected = distances(hashes, hashes)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # NumPy 1, which pandas and torch still allow
+    assert np.array_equal(distances(hashes, hashes), expected) and expected[0, 0] == 0

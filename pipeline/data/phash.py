@@ -91,8 +91,7 @@ def distances(queries, references):
     colours differ by more than COLOUR_TOLERANCE in a channel (never a match)."""
     queries = np.asarray(queries, dtype=np.uint64).reshape(-1, WORDS)
     references = np.asarray(references, dtype=np.uint64).reshape(-1, WORDS)
-    bits = sum(np.bitwise_count(queries[:, None, word] ^ references[None, :, word]).astype(np.int64)
-               for word in (0, 1))
+    bits = sum(_popcount(queries[:, None, word] ^ references[None, :, word]) for word in (0, 1))
     shift = np.array([16, 8, 0], dtype=np.uint64)
     mask = np.uint64(255)
     colour_q = (queries[:, 2:3] >> shift) & mask  # (Nq, 3)
@@ -100,6 +99,16 @@ def distances(queries, references):
     apart = (np.abs(colour_q.astype(np.int64)[:, None, :] - colour_r.astype(np.int64)[None, :, :])
              > COLOUR_TOLERANCE).any(axis=2)
     return np.where(apart, BITS + 1, bits)
+
+
+_BYTE_BITS = np.array([bin(value).count("1") for value in range(256)], dtype=np.int64)
+
+
+def _popcount(words):
+    """Set bits of each uint64: NumPy 2's bitwise_count, or a byte table on NumPy 1 (pandas and torch allow it)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).astype(np.int64)
+    return _BYTE_BITS[np.ascontiguousarray(words).view(np.uint8)].reshape(*words.shape, 8).sum(axis=-1)
 
 
 def matches(first, second):
