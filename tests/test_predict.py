@@ -219,10 +219,18 @@ def test_kept_parts_are_reused_on_a_rerun(head_run, tmp_path, capsys):
     assert (tmp_path / "p.csv").read_text() == first
 
 
-def test_predict_applies_the_runs_calibration_temperature(head_run, tmp_path):
-    """A head trained with --calibrate temperature: predict gives the calibrated probabilities of the run."""
+def test_predict_applies_the_runs_calibration_temperature(head_run, tiny_bert, tiny_clip, tmp_path):
+    """A head trained with --calibrate temperature: predict gives the calibrated probabilities of the run.
+    Two val labels are flipped: on the demo-like val split the head separates every row, and such a fit
+    is degenerate and not used (tests/test_training_refuses.py)."""
+    data = tmp_path / "data"
+    shutil.copytree(head_run["data"], data)
+    val = pd.read_csv(data / "val.tsv", sep="\t", dtype=str)
+    val.loc[:1, "2_way_label"] = val.loc[:1, "2_way_label"].map({"0": "1", "1": "0"})
+    val.to_csv(data / "val.tsv", sep="\t", index=False)
+    assert main(embed_flags(data, tiny_bert, tiny_clip, tmp_path / "cache")) == 0
     run = tmp_path / "calibrated"
-    assert main(["train-head", "--cache-dir", str(head_run["root"] / "cache"), "--out", str(run), *SMALL_FLAGS,
+    assert main(["train-head", "--cache-dir", str(tmp_path / "cache"), "--out", str(run), *SMALL_FLAGS,
                  "--max-epochs", "3", "--calibrate", "temperature", "--no-report"]) == 0
     temperature = json.loads((run / "head" / "head_config.json").read_text())["extra"]["calibration"]["temperature"]
     assert temperature > 0 and abs(temperature - 1) > 1e-3  # a real rescaling, so the check below can fail

@@ -101,11 +101,11 @@ def test_cache_missing_a_split_is_a_clear_error(tmp_path):
         load_cached_splits(tmp_path)
 
 
-def test_cache_with_one_class_validation_still_trains_on_f1(tmp_path):
+def test_cache_with_one_class_validation_is_refused_whatever_the_metric(tmp_path):
+    """It used to train on f1 with every val metric 0 and a threshold tuned on nothing (issue 19)."""
     splits = small_splits("text", rows=600)
     val = splits["val"]
     splits["val"] = CachedSplit(val.ids, np.zeros_like(val.labels), val.text_emb, val.image_emb)
-    run = train_head(splits, small_head(), small_train(max_epochs=3))
-    assert run.metrics["val"]["roc_auc"] is None
-    with pytest.raises(UserError, match="validation split has one class"):
-        train_head(splits, small_head(), replace(small_train(), metric="roc_auc"))
+    for metric in ("f1_macro", "roc_auc"):
+        with pytest.raises(UserError, match="the val split has one class only: no real rows"):
+            train_head(splits, small_head(), replace(small_train(max_epochs=3), metric=metric))

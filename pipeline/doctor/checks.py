@@ -4,8 +4,12 @@ Every check takes the loaded splits ({split: CachedSplit}) and, where it needs
 them, the split files' titles and columns; each returns plain dicts and pair
 rows, which report.py writes. A pair is (split, id, other split, other id,
 kind, similarity, labels): kinds are exact_image (same file bytes), exact_title
-(same title after normalisation), near_image and near_title (centred cosine at
-or above the threshold to a train row, from the cached vectors).
+(same title after normalisation), perceptual_image (decoded pixels whose
+perceptual hash differs in at most phash.MAX_DISTANCE of 128 bits, same mean
+colour: a resized or re-encoded copy, found whatever the encoder; similarity
+1 - bits / 128), near_image
+and near_title (centred cosine at or above the threshold to a train row, from the
+cached vectors).
 """
 
 import re
@@ -14,11 +18,13 @@ from collections import defaultdict
 
 import numpy as np
 
+from pipeline.data import phash
 from pipeline.doctor.near import effective_dimensions, nearest_train
 
 EVAL_SPLITS = ("val", "test")
 PROXY_COLUMNS = ("subreddit", "domain", "author")
 PAIRS_PER_ROW = 5  # partners listed per row and kind; the count of all of them is kept
+_HASHES_PER_BLOCK = 1 << 21  # query x reference hash pairs compared at once (a few 16-MB arrays)
 
 
 def normalise_title(title):
@@ -50,6 +56,27 @@ def exact_pairs(keys, labels, ids, kind, skip_keys=()):
                         partners = by_split[other]
                         for partner in partners[:PAIRS_PER_ROW]:
                             pairs.append(_pair(split, row, other, partner, kind, 1.0, labels, ids, len(partners)))
+    return pairs
+
+
+def perceptual_pairs(hashes, labels, ids, skip=None, max_distance=phash.MAX_DISTANCE):
+    """Pairs of rows in different splits whose images' perceptual hashes differ in at most `max_distance` bits.
+    `hashes` = {split: (N, 3) uint64, zeros = none}; `skip` = {split: (N,) bool} rows left out (placeholders)."""
+    pairs = []
+    usable = {name: np.flatnonzero(phash.has_hash(values) & ~(skip or {}).get(name, np.zeros(len(values), bool)))
+              for name, values in hashes.items()}
+    for split in [name for name in EVAL_SPLITS if name in hashes]:
+        for other in other_splits(split, hashes):
+            references = usable[other]
+            block = max(1, _HASHES_PER_BLOCK // max(len(references), 1))
+            for start in range(0, len(usable[split]), block):
+                rows = usable[split][start:start + block]
+                bits = phash.distances(hashes[split][rows], hashes[other][references])  # (B, Nr)
+                for row, row_bits in zip(rows, bits):
+                    close = np.flatnonzero(row_bits <= max_distance)
+                    for position in close[np.argsort(row_bits[close], kind="stable")][:PAIRS_PER_ROW]:
+                        pairs.append(_pair(split, int(row), other, int(references[position]), "perceptual_image",
+                                           1 - row_bits[position] / phash.BITS, labels, ids, len(close)))
     return pairs
 
 

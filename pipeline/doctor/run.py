@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.data.splits import read_split
@@ -18,7 +19,7 @@ from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic, write_text_atomic
 
-KINDS = ("exact_image", "exact_title", "near_image", "near_title")
+KINDS = ("exact_image", "perceptual_image", "exact_title", "near_image", "near_title")
 PAIR_COLUMNS = ("split", "id", "other_split", "other_id", "kind", "similarity", "label", "other_label", "partners")
 
 
@@ -52,6 +53,18 @@ def run_doctor(config, log=print):
         checked["exact_image"] = False
         notes.append(f"exact-image duplicates cannot be checked: the cache is format {manifest['format_version']} "
                      "and holds no image hashes; re-embed it with this version (`python -m pipeline embed`)")
+
+    if all(split.image_phash is not None for split in splits.values()):
+        pairs += checks.perceptual_pairs(
+            {n: s.image_phash for n, s in splits.items()}, labels, ids,
+            skip={n: np.isin(s.image_sha256, sorted(placeholder_hashes)) for n, s in splits.items()})
+        checked["perceptual_image"] = True
+    else:
+        checked["perceptual_image"] = False
+        notes.append(f"resized or re-encoded image copies cannot be checked: the cache is format "
+                     f"{manifest['format_version']} and holds no perceptual hashes (format 4 and later do); it still "
+                     "trains as it is; re-embed it for this check (rerunning `python -m pipeline embed` with the same "
+                     "flags rebuilds it, `--on-stale rebuild`)")
 
     titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern)
                        if config.data_dir else (None, None))
@@ -128,6 +141,7 @@ def _report(config, manifest, splits, pairs, checked, near, notes, device):
     placeholders = {name: info.get("placeholder_rows") for name, info in manifest["splits"].items()}
     return {
         "format_version": manifest["format_version"], "cache_dir": str(config.cache_dir),
+        "fingerprint": manifest.get("fingerprint"),  # reports show these findings only for runs on this cache
         "data_dir": config.data_dir and str(config.data_dir),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "device": str(device), "checked": checked, "notes": notes,
@@ -168,7 +182,8 @@ def summary_lines(report):
 
 def markdown(report):
     lines = [f"# doctor: {report['cache_dir']}", "",
-             f"Threshold (centred cosine) {report['config']['threshold']}; pairs in doctor_pairs.csv.", ""]
+             f"Cache fingerprint {str(report.get('fingerprint'))[:12]}; threshold (centred cosine) "
+             f"{report['config']['threshold']}; pairs in doctor_pairs.csv.", ""]
     lines += [f"- {line}" for line in summary_lines(report)]
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@ Layout::
 
     <cache>/fingerprint.json             what the parts were built from (written first)
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
-                                         (id, label, text_emb, image_emb, image_sha256)
+                                         (id, label, text_emb, image_emb, image_sha256, image_phash)
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
     <cache>/partial.tsv                  rows kept with one modality: split, id, missing (image/text), reason
@@ -26,17 +26,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.phash import WORDS
 from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
+from pipeline.embed.hash_column import phash_array, phash_matrix
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, read_json_object, write_atomic, write_json_atomic, write_text_atomic
 
 # 2 added has_text/has_image columns, null vectors for a missing half and partial.tsv; 3 added `image_sha256`
-# (the image file's SHA-256, for `doctor`'s exact-duplicate check). Older caches still load (every row whole,
-# no image hashes); `embed` rebuilds them, since the version is part of the fingerprint.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# (the image file's SHA-256, for `doctor`'s exact-duplicate check); 4 added `image_phash` (uint64 perceptual
+# hash of the decoded pixels as 3 words, see data/phash.py; zeros when none; for `doctor`'s resized/re-encoded-copy
+# check). Older caches still load
+# and train (every row whole, no image hashes); `embed` rebuilds them, since the version is part of the fingerprint.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
@@ -59,6 +63,7 @@ class CachedSplit:
     has_text: np.ndarray = None  # (N,) bool; None (all True) for splits built in memory without it
     has_image: np.ndarray = None  # (N,) bool
     image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a cache before format 3
+    image_phash: np.ndarray = None  # (N, 3) uint64 phash.perceptual_hash (zeros: none); None before format 4
 
     def __post_init__(self):
         for name in ("has_text", "has_image"):
@@ -97,12 +102,13 @@ def _embedding_array(matrix, dtype, present):
 
 
 def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None,
-               has_text=None, has_image=None, partial=None, image_sha256=None):
+               has_text=None, has_image=None, partial=None, image_sha256=None, image_phash=None):
     """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
 
     `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
     all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
-    `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image).
+    `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image), `image_phash`
+    one `phash.perceptual_hash` (None: none).
     """
     ids = list(ids)
     has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
@@ -117,6 +123,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "text_emb": _embedding_array(text_emb, dtype, has_text),
         "image_emb": _embedding_array(image_emb, dtype, has_image),
         "image_sha256": pa.array(digests, type=pa.string()),
+        "image_phash": phash_array(image_phash, len(ids)),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -265,7 +272,8 @@ def load_split(cache_dir, split, verify=True):
     image = np.empty((rows, dims["image"]), dtype=np.float32)
     has_text, has_image = np.ones(rows, dtype=bool), np.ones(rows, dtype=bool)  # format 1: every row whole
     digests = np.full(rows, "", dtype=object)
-    has_digests = manifest["format_version"] >= 3
+    phashes = np.zeros((rows, WORDS), dtype=np.uint64)
+    has_digests, has_phashes = manifest["format_version"] >= 3, manifest["format_version"] >= 4
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -283,10 +291,9 @@ def load_split(cache_dir, split, verify=True):
             if name in table.column_names:
                 target[start:stop] = table.column(name).to_numpy(zero_copy_only=False)
         if has_digests:
-            if "image_sha256" not in table.column_names:
-                raise UserError(f"{path}: no image_sha256 column in a format {manifest['format_version']} cache; "
-                                "re-embed the cache")
-            digests[start:stop] = table.column("image_sha256").to_pylist()
+            digests[start:stop] = _column(table, "image_sha256", path, manifest).to_pylist()
+        if has_phashes:
+            phashes[start:stop] = phash_matrix(_column(table, "image_phash", path, manifest))
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -296,7 +303,13 @@ def load_split(cache_dir, split, verify=True):
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
     return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image,
-                       image_sha256=digests if has_digests else None)
+                       image_sha256=digests if has_digests else None, image_phash=phashes if has_phashes else None)
+
+
+def _column(table, name, path, manifest):
+    if name not in table.column_names:
+        raise UserError(f"{path}: no {name} column in a format {manifest['format_version']} cache; re-embed the cache")
+    return table.column(name)
 
 
 def _read_part(path):
@@ -408,10 +421,11 @@ def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint=
                         "reason": "synthetic"} for i in range(len(data))[rows]
                        if not (data.has_text[i] and data.has_image[i])]
             digests = None if data.image_sha256 is None else data.image_sha256[rows]
+            phashes = None if data.image_phash is None else data.image_phash[rows]
             write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
                        data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype,
                        has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial,
-                       image_sha256=digests)
+                       image_sha256=digests, image_phash=phashes)
     write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
     return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
                     inputs={}, dims=dims, config={"cache_dtype": dtype})

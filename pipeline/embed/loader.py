@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.images import BadImage, load_image_and_sha256
+from pipeline.data.phash import perceptual_hash
 from pipeline.model.batch import tokenize_titles
 
 
@@ -28,6 +29,7 @@ class RowBatch:
     titled: list = field(default_factory=list)  # positions in `rows` whose title is embedded
     missing: dict = field(default_factory=dict)  # kept row -> ("image" or "text", reason): a half-post
     sha256: dict = field(default_factory=dict)  # row -> SHA-256 hex of its image file (read once, by the worker)
+    phash: dict = field(default_factory=dict)  # row -> phash.perceptual_hash of its decoded pixels (3 ints)
 
     def pin_memory(self):
         self.pixels = self.pixels.pin_memory()
@@ -105,7 +107,8 @@ class Collate:
         else:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
         return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated,
-                        titled=titled, missing=missing, sha256={items[i][0]: items[i][3] for i in good})
+                        titled=titled, missing=missing, sha256={items[i][0]: items[i][3] for i in good},
+                        phash={items[i][0]: perceptual_hash(items[i][1]) for i in good})  # in the worker
 
 
 def plan_batches(rows_per_part, texts, batch_size):

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pipeline import __version__
 from pipeline.data.images import ImageSettings
+from pipeline.data.known_placeholders import KNOWN_PLACEHOLDERS
 from pipeline.data.placeholders import find_placeholders
 from pipeline.data.splits import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
@@ -139,6 +140,7 @@ def fingerprint_inputs(config, splits, image_settings):
         # The thresholds change the cache only when placeholders are left out; otherwise only the counts.
         "placeholders": {"on_placeholder": config.on_placeholder, **({
             "max_bytes": config.placeholder_max_bytes, "min_rows": config.placeholder_min_rows,
+            "known": sorted(known.sha256 for known in KNOWN_PLACEHOLDERS),
         } if config.on_placeholder != "embed" else {})},
         # Which half-posts are kept (fail and skip give the same cache).
         "half_posts": {"on_bad_image": "text-only" if config.on_bad_image == "text-only" else "skip",
@@ -301,7 +303,7 @@ def _embed_batch(model, batch, rows, config, image_settings, device, parts):
         _check_finite("image_emb", vectors, [batch.rows[i] for i in batch.good], rows)
         image.update(zip(batch.good, vectors.float().cpu().numpy()))
     parts.add([batch.rows[i] for i in kept], [text[i] for i in kept], [image[i] for i in kept],
-              truncated=batch.truncated, missing=batch.missing, sha256=batch.sha256)
+              truncated=batch.truncated, missing=batch.missing, sha256=batch.sha256, phash=batch.phash)
     return len(kept)
 
 

@@ -18,7 +18,7 @@ class PartWriter:
         self.part_rows = config.part_rows
         self.count = -(-len(rows) // self.part_rows)
         self.done = cache.existing_parts(config.cache_dir, rows.split)
-        self.results = {}  # part -> {row: (text_vec or None, image_vec or None, (missing, reason) or None) or reason}
+        self.results = {}  # part -> {row: (text, image, (missing, reason) or None, sha256, phash) or skip reason}
         self.keep_image_only = getattr(config, "on_empty_title", "skip") == "image-only"
         self.truncated = {}  # part -> titles cut at max_length
         self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
@@ -49,16 +49,17 @@ class PartWriter:
         self.results.setdefault(row // self.part_rows, {})[row] = reason
         self.maybe_write(row // self.part_rows)
 
-    def add(self, rows, text, image, truncated=(), missing=None, sha256=None):
+    def add(self, rows, text, image, truncated=(), missing=None, sha256=None, phash=None):
         """`text[i]`, `image[i]`: row i's vectors, None for a missing half; `missing`: row -> (half, reason);
-        `sha256`: row -> the SHA-256 hex of its image file (rows without an image have none)."""
-        missing, sha256 = missing or {}, sha256 or {}
+        `sha256`: row -> the SHA-256 hex of its image file, `phash`: row -> the perceptual hash of its pixels
+        (rows without an image have neither)."""
+        missing, sha256, phash = missing or {}, sha256 or {}, phash or {}
         for row in truncated:
             self.truncated[row // self.part_rows] = self.truncated.get(row // self.part_rows, 0) + 1
         touched = set()
         for i, row in enumerate(rows):
             self.results.setdefault(row // self.part_rows, {})[row] = (text[i], image[i], missing.get(row),
-                                                                       sha256.get(row, ""))
+                                                                       sha256.get(row, ""), phash.get(row))
             touched.add(row // self.part_rows)
         for part in touched:
             self.maybe_write(part)
@@ -73,7 +74,7 @@ class PartWriter:
         self.futures.append(self.writer.submit(self._write, part, results, counts))
 
     def _write(self, part, results, counts):
-        ids, labels, text, image, digests, skipped, partial = [], [], [], [], [], [], []
+        ids, labels, text, image, digests, phashes, skipped, partial = [], [], [], [], [], [], [], []
         zeros = {name: np.zeros(self.dims[name], np.float32) for name in ("text", "image")}
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
@@ -85,6 +86,7 @@ class PartWriter:
             text.append(zeros["text"] if result[0] is None else result[0])
             image.append(zeros["image"] if result[1] is None else result[1])
             digests.append(result[3])
+            phashes.append(result[4])
             if result[2] is not None:
                 partial.append({"id": self.rows.ids[row], "row": row, "missing": result[2][0],
                                 "reason": result[2][1]})
@@ -98,6 +100,7 @@ class PartWriter:
             skipped, dtype=self.config.cache_dtype, counts=counts,
             has_text=[(row, "text") not in absent for row in kept],
             has_image=[(row, "image") not in absent for row in kept], partial=partial, image_sha256=digests,
+            image_phash=phashes,
         )
 
     def _check_writer(self):

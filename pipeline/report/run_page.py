@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from pipeline.errors import UserError
 from pipeline.report.examples import data_settings, error_cards
 from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
+from pipeline.report.provenance import banner, cache_state, doctor_findings, encoders_table, run_encoders
 from pipeline.runs.readers import read_config, read_metrics, read_predictions, read_skipped
 from pipeline.runs.record import read_run
 
@@ -19,16 +19,18 @@ def run_page(folder):
     record = read_run(folder)  # the run's kind and decision threshold: asked, never guessed from config keys
     config, metrics = read_config(folder), read_metrics(folder)
     data = data_settings(record, config)
+    state = cache_state(config)
     sections = [
+        banner(state),
         section("Metrics", metrics_section(metrics, record), "metrics"),
-        section("Data", data_section(config, folder, record), "data"),
+        section("Data", data_section(config, folder, record, state), "data"),
         section("Training and curves", figures_section(folder, config), "curves"),
         section("Worst errors", worst_errors_section(folder, data, record.decision_threshold), "errors"),
         section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
     ]
-    doctor = doctor_section(config)
+    doctor = doctor_section(state)
     if doctor:
-        sections.insert(2, section("Leakage doctor", doctor, "doctor"))
+        sections.insert(3, section("Leakage doctor", doctor, "doctor"))
     return page(f"{record.kind}: {folder.name}", f"Run folder {folder.resolve()}", sections)
 
 
@@ -48,7 +50,10 @@ def metrics_section(metrics, record):
                      f"the rule: {decision.get('rule', '0.5')}; val rows per class: "
                      f"{decision.get('rows_per_class')}): its predictions files, worst errors and `predict` use it.",
                      note=True)
-    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
+    recorded = [(metrics.get(split) or {}).get("warnings") or [] for split in ("val", "test")]
+    warnings = dict.fromkeys(line for lines in recorded for line in lines if isinstance(line, str))  # run's own
+    shown = "".join(paragraph(line, note=True) for line in warnings)
+    return Raw(shown + table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
                + presence_tables(metrics))
 
 
@@ -76,19 +81,25 @@ def _with_interval(values, name):
     return f"{shown} [{fmt(interval[0], 2)}, {fmt(interval[1], 2)}]" if interval else shown
 
 
-def data_section(config, folder, record):
+def data_section(config, folder, record, state):
+    """The run's data and encoders as its own folder records them; the cache's counts only while the cache
+    still holds what the run was trained on (same fingerprint)."""
     parts = []
     cache = config.get("cache")
-    manifest, problem = _manifest(cache.get("dir")) if cache else (None, None)
-    if problem:
-        parts.append(paragraph(f"Cache {cache.get('dir')}: {problem}", note=True))
-    elif manifest:
+    manifest = state.manifest if state.status == "same" else None
+    if manifest:
         parts.append(paragraph(f"Cache {cache['dir']} (fingerprint {str(manifest.get('fingerprint'))[:12]})"))
         parts.append(_split_table(manifest["splits"]))
-        parts.append(_encoders_table(manifest))
     elif cache:
-        parts.append(paragraph(f"Cache {cache.get('dir')}: not found from here; rows used per split: "
-                               f"{cache.get('rows')}", note=True))
+        where = {"gone": "not found from here", "rebuilt": "rebuilt since this run (see the banner above)",
+                 "unknown": "the run records no fingerprint, so its current contents are not shown"}[state.status]
+        parts.append(paragraph(f"Cache {cache.get('dir')}: {where}; rows used per split: {cache.get('rows')}",
+                               note=True))
+    encoders = run_encoders(record, config)
+    if encoders is not None:
+        parts.append(encoders_table(encoders, state.trained_on))
+    elif manifest:  # no encoders.json (a run on a synthetic cache): the cache is still the run's own
+        parts.append(_encoders_table(manifest))
     if record.kind == "finetune-e2e" and "data" in config:  # it reads the split files itself
         data = config["data"]
         parts.append(table(["setting", "value"], [[k, data.get(k)] for k in (
@@ -99,18 +110,6 @@ def data_section(config, folder, record):
         counts = reasons.groupby(["split", "reason"]).size().reset_index(name="rows").values.tolist()
         parts.append(Raw("<h3>Skipped rows</h3>" + table(["split", "reason", "rows"], counts, text_columns=2)))
     return Raw("".join(parts))
-
-
-def _manifest(cache_dir):
-    """(the cache's manifest, None), (None, what is wrong with it), or (None, None) when it is not there."""
-    from pipeline.embed.cache import read_manifest
-
-    if not (Path(cache_dir) / "manifest.json").is_file():
-        return None, None
-    try:
-        return read_manifest(cache_dir), None
-    except UserError as error:
-        return None, f"its manifest cannot be read ({error})"
 
 
 def _split_table(splits):
@@ -142,11 +141,13 @@ def figures_section(folder, config):
     return Raw(f'{intro}<div class="figures">{images}</div>')
 
 
-def doctor_section(config):
-    """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's cache."""
-    cache_dir = (config.get("cache") or {}).get("dir")
-    path = Path(cache_dir) / "doctor" / "doctor.md" if cache_dir else None
-    if not path or not path.is_file() or path.is_symlink():  # never a file's text through a planted link
+def doctor_section(state):
+    """The doctor's findings (its doctor.md summary) when `doctor` has been run on the run's own cache (its
+    doctor.json records the run's fingerprint); else a note saying why they are not shown, or None."""
+    path, stale = doctor_findings(state)
+    if stale:
+        return paragraph(stale, note=True)
+    if path is None:
         return None
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     items = "".join(f"<li>{escape(line[2:])}</li>" for line in lines if line.startswith("- "))

@@ -6,12 +6,18 @@
 - Temperature scaling (Guo et al., 2017): one T > 0 divides the logits,
   prob_real = sigmoid((logit_real - logit_fake) / T), fitted on validation by LBFGS
   on the negative log-likelihood. A monotone map: predictions at 0.5 never change.
+  A fit outside TEMPERATURE_RANGE is degenerate, not a calibration: a separable
+  validation split drives T towards 0 (every probability 0 or 1), one without
+  signal towards infinity (every probability 0.5). Such a T is not used: the
+  head keeps T = 1 (its raw probabilities) and the warning goes into metrics.json.
 """
 
 import numpy as np
 
 ECE_BINS = 15
 CALIBRATIONS = ("off", "temperature")
+TEMPERATURE_RANGE = (0.05, 20.0)  # well outside what a trained head needs (about 0.5-5), well inside the clamps
+_CLAMPS = (1e-3, 1e3)  # keep LBFGS's log T finite on a separable split
 
 
 def expected_calibration_error(labels, prob_real, bins=ECE_BINS):
@@ -59,7 +65,37 @@ def fit_temperature(margins, labels):
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(1e-3, 1e3))
+    return float(log_t.detach().exp().clamp(*_CLAMPS))
+
+
+def fit_usable_temperature(margins, labels):
+    """(T to use, fitted T, warning or None): the fitted T when the fit has a finite optimum inside
+    TEMPERATURE_RANGE, else T = 1 with a warning that says why (a degenerate T would push predict's
+    probabilities to 0/1 or to 0.5)."""
+    fitted = fit_temperature(margins, labels)
+    low, high = TEMPERATURE_RANGE
+    why = _no_finite_optimum(margins, labels)
+    if why is None and low <= fitted <= high:
+        return fitted, fitted, None
+    if why is None:
+        why = ("the fit drives T towards 0 and every probability towards 0 or 1" if fitted < low else
+               "the fit drives T up and every probability towards 0.5")
+    return 1.0, fitted, (f"warning: --calibrate temperature: the fit gave T = {fitted:.4g}, a degenerate "
+                         f"temperature ({why}; usable: {low} to {high}); not used: the head keeps T = 1 "
+                         "(uncalibrated). Calibrate on a larger validation split")
+
+
+def _no_finite_optimum(margins, labels):
+    """Why the NLL of sigmoid(margin / T) has no minimum at a finite T > 0, or None. The NLL is convex in
+    1/T; its slope at 1/T = 0 is -sum(s) / 2 with s = margin signed by the label (+ real, - fake)."""
+    signed = np.asarray(margins, dtype=np.float64) * (2 * np.asarray(labels) - 1)
+    if (signed > 0).all():
+        return "every validation row is already on its right side of 0.5, so the NLL keeps falling as T " \
+               "goes to 0 and every probability towards 0 or 1"
+    if signed.sum() <= 0:
+        return "the validation margins carry no signal, so the NLL keeps falling as T grows and every " \
+               "probability towards 0.5"
+    return None
 
 
 def apply_temperature(margins, temperature):

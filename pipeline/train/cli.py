@@ -76,6 +76,8 @@ def run(args):
         calibration = result.metrics["test"]["calibration"]
         print(f"Temperature fitted on validation: T = {result.temperature:.3f}; test ECE "
               f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} (stored in head/head_config.json)")
+    for warning in result.warnings:  # also in metrics.json ("warnings" of each split)
+        print(warning)
     tuned, decision = result.metrics["test"]["tuned"], result.metrics["test"]["decision"]
     print(f"Threshold tuned on validation: {tuned['threshold']:.4f} -> "
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")

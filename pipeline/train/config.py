@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from pipeline.config import device_name, help_field, number, one_of, validate, whole
+from pipeline.train.bootstrap import MAX_RESAMPLES
 from pipeline.train.calibration import CALIBRATIONS
 
 STOP_METRICS = ("f1_macro", "accuracy", "roc_auc", "pr_auc", "f1_fake", "f1_real", "loss")
@@ -49,7 +50,7 @@ class TrainConfig:
                               "with other work, 1 can be several times faster than threads that wait on each other",
                               default=0)
     bootstrap: int = help_field("bootstrap resamples for the 95%% intervals (ci95) of every headline metric; "
-                                "0 disables them", default=1000)
+                                f"0 disables them; at most {MAX_RESAMPLES}", default=1000)
     calibrate: str = help_field("temperature: fit one temperature on validation (stored with the head, applied to "
                                 "val/test and by predict); off: report the raw probabilities", default="off")
 
@@ -60,5 +61,13 @@ class TrainConfig:
             number(self, "lr", above=0, below=10), number(self, "weight_decay", at_least=0, below=10),
             number(self, "modality_dropout", at_least=0, below=1),
             one_of(self, "metric", STOP_METRICS), one_of(self, "calibrate", CALIBRATIONS), device_name(self),
-            class_weights_mode(self),
+            class_weights_mode(self), _at_most(self, "bootstrap", MAX_RESAMPLES),
         )
+
+
+def _at_most(config, name, maximum):
+    value = getattr(config, name)
+    if isinstance(value, int) and not isinstance(value, bool) and value > maximum:
+        return (f"--{name} {value}: at most {maximum} (the cap on resamples; more would run for hours and "
+                "change the intervals in the third decimal at best); give a smaller number")
+    return None

@@ -20,7 +20,13 @@ from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead, drop_modalities
-from pipeline.train.calibration import apply_temperature, brier_score, expected_calibration_error, fit_temperature
+from pipeline.train.calibration import (
+    apply_temperature,
+    brier_score,
+    expected_calibration_error,
+    fit_usable_temperature,
+)
+from pipeline.train.class_checks import check_classes
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
 from pipeline.train.run_folder import FitResult, HeadRun
@@ -169,8 +175,13 @@ def _format_row(row, best_epoch):
 
 
 def train_head(splits, head_config, train_config, log=None):
-    """Seed, build a FusionHead, fit it on splits["train"] with early stopping on "val", then score val and test."""
+    """Seed, build a FusionHead, fit it on splits["train"] with early stopping on "val", then score val and test.
+
+    Refuses a train or val split of one class (and too few val rows to calibrate on) before any epoch; the
+    run's `warnings` (also in metrics.json, under each split's "warnings") say what else to read with care.
+    """
     started = time.perf_counter()
+    warnings = check_classes(splits, train_config.calibrate)
     if train_config.threads:
         torch.set_num_threads(train_config.threads)  # a process-wide setting, so only when asked for
     device = resolve_device(train_config.device)
@@ -181,9 +192,13 @@ def train_head(splits, head_config, train_config, log=None):
             for name in SPLITS}
     result = fit(head, data["train"], data["val"], train_config, weights, log)
     metrics, predictions, temperature = evaluate(head, splits, data, weights, train_config)
+    calibration_warning = (metrics["val"].get("calibration") or {}).get("warning")
+    warnings += [calibration_warning] if calibration_warning else []
+    for name in ("val", "test"):
+        metrics[name]["warnings"] = warnings
     return HeadRun(head=head, fit=result, metrics=metrics, predictions=predictions,
                    class_weights=weights.tolist(), device=str(device), seconds=time.perf_counter() - started,
-                   temperature=temperature)
+                   temperature=temperature, warnings=warnings)
 
 
 def evaluate(model, splits, data, weights, config):
@@ -203,10 +218,11 @@ def evaluate(model, splits, data, weights, config):
         # logit_real - logit_fake, what temperature scaling divides
         margins = {name: (values.double()[:, 1] - values.double()[:, 0]).cpu().numpy()
                    for name, values in logits.items()}
-        temperature = fit_temperature(margins["val"], labels["val"])
+        temperature, fitted, warning = fit_usable_temperature(margins["val"], labels["val"])
         calibrated = {name: apply_temperature(margin, temperature) for name, margin in margins.items()}
         calibration = {name: {
-            "method": "temperature", "temperature": temperature,
+            "method": "temperature", "temperature": temperature, "fitted_temperature": fitted,
+            **({"warning": warning} if warning else {}),
             "ece_before": expected_calibration_error(labels[name], probs[name]),
             "ece_after": expected_calibration_error(labels[name], calibrated[name]),
             "brier_before": brier_score(labels[name], probs[name]),

@@ -13,7 +13,7 @@
     curves.png, confusion_matrix.png, roc.png, pr.png, reliability.png
 """
 
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +48,7 @@ class HeadRun:
     device: str
     seconds: float
     temperature: float = None  # set by --calibrate temperature: prob_real = sigmoid((logit_real - logit_fake) / T)
+    warnings: list = field(default_factory=list)  # "warning: ..." lines to print; also in metrics.json
 
 
 def default_out(head_config, seed):
