@@ -135,11 +135,15 @@ def _as_format_3(folder):
 
 
 def test_an_old_cache_without_hashes_still_trains_and_the_doctor_asks_for_a_re_embed(planted_cache, tmp_path,
-                                                                                       capsys):
+                                                                                       tiny_bert, tiny_clip, capsys):
     old = tmp_path / "old-cache"
     shutil.copytree(planted_cache["cache"], old)
     _as_format_3(old)
     assert cache.load_split(old, "test").image_phash is None
+    # Same inputs: the format 3 cache keeps its fingerprint and is up to date, never refused or rebuilt.
+    before = (old / "manifest.json").read_bytes()
+    assert main(embed_flags(planted_cache["data"], tiny_bert, tiny_clip, old)) == 0
+    assert "is up to date" in capsys.readouterr().out and (old / "manifest.json").read_bytes() == before
     assert main(["train-head", "--cache-dir", str(old), "--out", str(tmp_path / "run"), "--max-epochs", "2",
                  "--bootstrap", "0", "--no-report", *SMALL_FLAGS]) == 0
     assert main(["doctor", "--cache-dir", str(old), "--out", str(tmp_path / "doctor"), "--device", "cpu"]) == 0

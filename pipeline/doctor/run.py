@@ -63,8 +63,8 @@ def run_doctor(config, log=print):
         checked["perceptual_image"] = False
         notes.append(f"resized or re-encoded image copies cannot be checked: the cache is format "
                      f"{manifest['format_version']} and holds no perceptual hashes (format 4 and later do); it still "
-                     "trains as it is; re-embed it for this check (rerunning `python -m pipeline embed` with the same "
-                     "flags rebuilds it, `--on-stale rebuild`)")
+                     "trains as it is, and `embed` with the same inputs keeps it as it is; re-embed it for this check "
+                     "(`python -m pipeline embed` with the same flags into a new --cache-dir)")
 
     titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern)
                        if config.data_dir else (None, None))

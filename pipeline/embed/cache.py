@@ -38,8 +38,11 @@ from pipeline.files import file_sha256, read_json_object, write_atomic, write_js
 # (the image file's SHA-256, for `doctor`'s exact-duplicate check); 4 added `image_phash` (uint64 perceptual
 # hash of the decoded pixels as 3 words, see data/phash.py; zeros when none; for `doctor`'s resized/re-encoded-copy
 # check). Older caches still load
-# and train (every row whole, no image hashes); `embed` rebuilds them, since the version is part of the fingerprint.
+# and train (every row whole, no image hashes). The fingerprint names FINGERPRINT_FORMAT, the format of what the
+# vectors depend on: it moved with 2 and 3, not with 4 (a hash column adds no input), so a complete format 3
+# cache of the same inputs stays up to date; `doctor` then says its perceptual check needs a new cache.
 FORMAT_VERSION = 4
+FINGERPRINT_FORMAT = 3
 READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"

@@ -124,7 +124,7 @@ def _resuming(folder, splits, part_rows, fingerprint):
 def fingerprint_inputs(config, splits, image_settings):
     """What the cache depends on: content hashes of models, checkpoint and split files, and settings."""
     return {
-        "format_version": cache.FORMAT_VERSION,
+        "format_version": cache.FINGERPRINT_FORMAT,  # not FORMAT_VERSION: format 4 caches keep format 3's fingerprint
         "text_model": path_sha256(config.text_model),
         "clip_model": path_sha256(config.clip_model),
         "clip_lora": path_sha256(config.clip_lora) if config.clip_lora else None,
