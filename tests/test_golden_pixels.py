@@ -6,6 +6,7 @@ encoders see. Images are textured like photos (smooth colour plus noise), as in 
 """
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -136,3 +137,53 @@ def test_exif_transpose_runs_only_when_the_tag_asks(monkeypatch, orientation, tu
         shown = images.upright(image)
         assert shown.size == ((200, 300) if orientation in (6, 8) else (300, 200))
     assert bool(calls) == turns
+
+
+@pytest.fixture(params=["simplejpeg", "pillow"])
+def jpeg_path(request, monkeypatch):
+    """Both decoders of plain JPEGs: simplejpeg (when installed) and Pillow alone."""
+    from pipeline.data import fast_jpeg
+
+    if request.param == "simplejpeg":
+        pytest.importorskip("simplejpeg")
+    else:
+        monkeypatch.setattr(fast_jpeg, "simplejpeg", None)
+    return request.param
+
+
+@pytest.mark.parametrize("name", [n for n in golden_files() if "jpeg" in n or "orientation" in n
+                                  or n in ("preview.jpg", "cmyk.jpg", "grayscale.jpg", "very_wide.jpg")])
+def test_both_jpeg_decoders_stay_within_two_levels(golden_root, jpeg_path, name):
+    settings = ImageSettings()
+    expected, _ = reference_load(golden_root, name, settings)
+    pixels, _ = load_image_and_sha256(golden_root, name, settings)
+    assert np.abs(pixels.astype(int) - expected).max() <= MAX_LEVEL_DIFF
+
+
+def test_simplejpeg_takes_only_the_plain_colour_jpegs(golden_root):
+    pytest.importorskip("simplejpeg")
+    from pipeline.data import fast_jpeg
+
+    taken = {name for name in golden_files()
+             if fast_jpeg.decode((golden_root / name).read_bytes(), ImageSettings()) is not None}
+    assert taken == {"draft_jpeg.jpg", "draft_jpeg_tall.jpg", "preview.jpg", "very_wide.jpg"}
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_exif_orientation_is_read_without_pillow(orientation):
+    from pipeline.data import fast_jpeg
+
+    assert fast_jpeg._oriented(oriented(orientation, 0)) == (orientation != 1)
+    assert not fast_jpeg._oriented(encoded(textured((40, 30), 0), "JPEG"))  # no EXIF at all
+
+
+@pytest.mark.parametrize("size", [(1600, 1200), (900, 2000), (320, 240), (100, 50), (5000, 300)])
+def test_draft_scale_is_the_one_pillow_picks(size):
+    from pipeline.data import fast_jpeg
+
+    with Image.open(io.BytesIO(encoded(textured(size, 0), "JPEG"))) as image:
+        scale = 224 / min(size)
+        image.draft("RGB", (math.ceil(size[0] * scale), math.ceil(size[1] * scale)))  # as images.py asks
+        decoded = image.size
+    s = fast_jpeg._draft_scale(*size, 224)
+    assert decoded == (-(-size[0] // s), -(-size[1] // s))
