@@ -25,6 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--rows-demo", type=int, default=400, help="rows for the demo configuration")
     parser.add_argument("--rows-base", type=int, default=192, help="rows for the base configuration")
     parser.add_argument("--photos", type=int, default=24, help="2-4 MP photos for the decoding figure")
+    parser.add_argument("--previews", type=int, default=120,
+                        help="320-px previews for decode.vs_reference.preview (photos: --photos)")
     parser.add_argument("--rss-rows", type=int, default=200, help="N for peak memory at N and 10 N rows")
     parser.add_argument("--load-rows", type=int, default=50_000, help="rows of the cache-loading figure")
     parser.add_argument("--head-rows", type=int, default=100_000, help="rows of the head benchmark")
@@ -73,7 +75,11 @@ def run(args):
                                                   args.num_workers, args.device, results["embed"][name]["rows_per_s"])
                                       for name in configs}
         if "decode" not in skip:
-            results["decode"] = _step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1])
+            from pipeline.bench.decode import decode_vs_reference
+
+            results["decode"] = {**_step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1]),
+                                 **_step("decode vs reference", decode_vs_reference, work, args.previews,
+                                         args.photos, models[configs[-1]][1])}
         if "memory" not in skip:
             results["memory"] = _step("memory", bench.bench_memory, work, text_model, demo / "clip", args.rss_rows)
         if "doctor" not in skip:

@@ -5,7 +5,9 @@ Keys of results.json (see the README's benchmark table):
   embed.<config>.rows_per_s          stage one end to end (read, decode, preprocess, encode, write)
   embed.<config>.efficiency          rows_per_s / the encoders' forward-only rows/s on the same batch shapes
   embed.<config>.speedup_vs_naive    against the notebook's loop (per-row CLIPProcessor, max-length padding)
-  decode.speedup, decode.cosine_*    our loader vs plain Image.open + convert + resize on 2-4 MP photos
+  decode.speedup, decode.cosine_*    our loader vs plain Image.open + convert + Pillow resize on 2-4 MP photos
+  decode.vs_reference.preview/photo  our worker's time per image / the frozen pre-issue-24 loader's (bench/decode.py)
+  decode.max_level_diff              largest pixel difference from that reference over the same files
   predict.<config>.rows_per_s       `predict` end to end (models loaded inside) on embed.<config>'s rows
   predict.<config>.vs_embed         predict.rows_per_s / embed.rows_per_s (it is stage one plus a tiny head)
   head.seconds_100k, head.speedup_vs_e2e
@@ -29,7 +31,8 @@ from torch.utils.data import DataLoader
 from transformers import CLIPImageProcessor
 
 from pipeline.bench.data import make_images, write_tsvs
-from pipeline.data.images import ImageSettings, load_image, resize_and_crop
+from pipeline.bench.reference_loader import reference_resize_and_crop
+from pipeline.data.images import ImageSettings, load_image
 from pipeline.data.splits import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.embed import cache
@@ -200,7 +203,7 @@ def bench_decode(work, count, clip_model):
     fast = [load_image(folder, p, settings) for p in paths]
     fast_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    plain = [resize_and_crop(Image.open(folder / p).convert("RGB"), settings.size) for p in paths]
+    plain = [reference_resize_and_crop(Image.open(folder / p).convert("RGB"), settings.size) for p in paths]
     plain_seconds = time.perf_counter() - started
     model = load_image_encoder(clip_model).eval()
     with torch.inference_mode():
@@ -354,7 +357,8 @@ def markdown(results):
 
 TARGETS = {"efficiency": ">= 0.9 (base)", "vs_embed": ">= 0.9", "speedup_vs_naive": ">= 3", "seconds_100k": "<= 30 s",
            "rss_growth": "<= 1.1", "seconds_100k_20k": "< 60 s (2 CPU cores)", "load_overhead": "<= 1.3",
-           "cosine_min": ">= 0.999"}
+           "cosine_min": ">= 0.999", "vs_reference.preview": "<= 0.65", "vs_reference.photo": "<= 0.9",
+           "max_level_diff": "<= 2"}
 
 
 def flatten_figures(results, prefix=""):
@@ -365,7 +369,7 @@ def flatten_figures(results, prefix=""):
         if isinstance(value, dict):
             yield from flatten_figures(value, name + ".")
         else:
-            yield name, value, TARGETS.get(key, "")
+            yield name, value, TARGETS.get(".".join(name.split(".")[-2:]), TARGETS.get(key, ""))
 
 
 class gpu_utilisation:
