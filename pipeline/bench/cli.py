@@ -31,6 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--load-rows", type=int, default=50_000, help="rows of the cache-loading figure")
     parser.add_argument("--head-rows", type=int, default=100_000, help="rows of the head benchmark")
     parser.add_argument("--batch-size", type=int, default=64, help="stage one batch size")
+    parser.add_argument("--main-loop-batches", type=int, default=24,
+                        help="batches of 256 for embed.main_loop_ms_per_batch (stand-in encoders)")
     parser.add_argument("--num-workers", type=int, default=-1,
                         help="stage one DataLoader workers (-1 = auto, as embed)")
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
@@ -70,6 +72,10 @@ def run(args):
                                                 args.batch_size, args.num_workers, args.device) for name in configs}
             if args.gpu_util:
                 results["embed"]["gpu_utilisation_percent"] = utilisation.summary()
+            from pipeline.bench.main_loop import main_loop_ms_per_batch
+
+            results["embed"].update(_step("main loop", main_loop_ms_per_batch, batches=args.main_loop_batches,
+                                          device=args.device))
             if "predict" not in skip:
                 results["predict"] = {name: _step(f"predict {name}", bench.bench_predict, work, name, args.batch_size,
                                                   args.num_workers, args.device, results["embed"][name]["rows_per_s"])
