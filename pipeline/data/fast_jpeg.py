@@ -11,6 +11,8 @@ conversion and one copy: about 0.3 ms of a 2.4 ms 320-px preview (docs/benchmark
 import math
 import struct
 
+from PIL import Image
+
 try:
     import simplejpeg
 except ImportError:  # the optional extra is not installed: Pillow decodes everything
@@ -27,8 +29,8 @@ def decode(data, settings):
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
         return None
-    if colorspace != "YCbCr" or width * height > settings.max_pixels or _oriented(data):
-        return None
+    if colorspace != "YCbCr" or width * height > _pixel_cap(settings) or _oriented(data):
+        return None  # Pillow decodes it, or refuses it with its reason
     scale = _draft_scale(width, height, settings.size) if settings.draft else 1
     size = (-(-height // scale), -(-width // scale))
     try:
@@ -36,6 +38,12 @@ def decode(data, settings):
     except ValueError:  # truncated or corrupt: Pillow says which
         return None
     return pixels if pixels.shape[:2] == size else None
+
+
+def _pixel_cap(settings):
+    """Our cap, or Pillow's own bomb limit where a raised --max-pixels passes it (Pillow would refuse)."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return settings.max_pixels if pillow is None else min(settings.max_pixels, 2 * pillow)
 
 
 def _draft_scale(width, height, size):

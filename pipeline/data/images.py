@@ -108,7 +108,8 @@ def _resolved_root(root):
 
 def resolve_inside(root, relative):
     """`root / relative`, refused when it (or a symlink on the way) leads outside `root`."""
-    root = _resolved_root(os.fspath(root))
+    root = os.fspath(root)
+    root = _resolved_root(root if os.path.isabs(root) else os.path.join(os.getcwd(), root))  # cwd may change
     if not relative:
         raise BadImage("no_image_path")
     try:
