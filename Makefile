@@ -54,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[test,serve]'
+	$(PY) -m pip install --quiet -e '.[test,serve,fast]'
 	touch $@
 
 demo-data: $(INSTALL)  ## build the synthetic demo set, random CLIP and LoRA under data/demo

@@ -114,3 +114,12 @@ def test_fast_path_embeddings_match_the_clip_processor(tiny_clip, tmp_path):
     with torch.no_grad():
         cosine = torch.nn.functional.cosine_similarity(encoder(fast), encoder(plain))
     assert (cosine >= 0.999).all(), cosine
+
+
+def test_a_fifo_is_not_a_file_and_never_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would block until a writer came
+    with pytest.raises(BadImage) as caught:
+        load_image(tmp_path, "pipe.jpg", SETTINGS)
+    assert caught.value.reason == "not_a_file"

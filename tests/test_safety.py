@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.__main__ import main
 from pipeline.data import splits as splits_module
-from pipeline.embed import cache, run
+from pipeline.embed import cache, main_loop
 from pipeline.embed.cache import CachedSplit, write_cache
 from pipeline.errors import UserError
 from pipeline.model.config import HeadConfig
@@ -82,7 +82,7 @@ def test_a_rebuild_whose_clip_fails_to_load_leaves_the_old_cache(built, tiny_cli
 
 def test_a_rebuild_that_crashes_midway_leaves_the_old_cache_and_resumes(built, capsys, monkeypatch):
     args, values = built
-    original, calls = run._check_finite, []
+    original, calls = main_loop._check_finite, []
 
     def crash_on_third(*a):
         calls.append(1)
@@ -90,12 +90,12 @@ def test_a_rebuild_that_crashes_midway_leaves_the_old_cache_and_resumes(built, c
             raise UserError("simulated crash")
         original(*a)
 
-    monkeypatch.setattr(run, "_check_finite", crash_on_third)
+    monkeypatch.setattr(main_loop, "_check_finite", crash_on_third)
     stale = with_flag(args, "--max-length", "64") + ["--on-stale", "rebuild"]
     assert main(stale) == 2
     folder = cache_dir_of(args)
     assert_same_cache(load_all(folder), values, exact=True)  # still the old, complete cache
-    monkeypatch.setattr(run, "_check_finite", original)
+    monkeypatch.setattr(main_loop, "_check_finite", original)
     assert main(stale) == 0
     assert "resuming the rebuild" in capsys.readouterr().out
     assert cache.read_manifest(folder)["inputs"]["text"]["max_length"] == 64
@@ -172,8 +172,8 @@ def test_max_length_without_room_for_a_token_is_refused(embed_args, capsys):
 
 
 def test_nan_vectors_stop_the_run_before_anything_is_written(embed_args, capsys, monkeypatch):
-    encode = run.pixel_values
-    monkeypatch.setattr(run, "pixel_values", lambda pixels, settings: encode(pixels, settings) * float("nan"))
+    encode = main_loop.pixel_values
+    monkeypatch.setattr(main_loop, "pixel_values", lambda pixels, settings: encode(pixels, settings) * float("nan"))
     assert main(embed_args) == 2
     assert "image vector is NaN or Inf; likely cause" in error_of(capsys)
     assert not list((__import__("pathlib").Path(cache_dir_of(embed_args))).rglob("part-*.parquet"))

@@ -25,10 +25,14 @@ def add_arguments(parser):
     parser.add_argument("--rows-demo", type=int, default=400, help="rows for the demo configuration")
     parser.add_argument("--rows-base", type=int, default=192, help="rows for the base configuration")
     parser.add_argument("--photos", type=int, default=24, help="2-4 MP photos for the decoding figure")
+    parser.add_argument("--previews", type=int, default=120,
+                        help="320-px previews for decode.vs_reference.preview (photos: --photos)")
     parser.add_argument("--rss-rows", type=int, default=200, help="N for peak memory at N and 10 N rows")
     parser.add_argument("--load-rows", type=int, default=50_000, help="rows of the cache-loading figure")
     parser.add_argument("--head-rows", type=int, default=100_000, help="rows of the head benchmark")
     parser.add_argument("--batch-size", type=int, default=64, help="stage one batch size")
+    parser.add_argument("--main-loop-batches", type=int, default=24,
+                        help="batches of 256 for embed.main_loop_ms_per_batch (stand-in encoders)")
     parser.add_argument("--num-workers", type=int, default=-1,
                         help="stage one DataLoader workers (-1 = auto, as embed)")
     parser.add_argument("--device", default="cpu", help="stage one's device in the embed figures: cpu, cuda, auto")
@@ -68,6 +72,10 @@ def run(args):
                                                 args.batch_size, args.num_workers, args.device) for name in configs}
             if args.gpu_util:
                 results["embed"]["gpu_utilisation_percent"] = utilisation.summary()
+            from pipeline.bench.main_loop import main_loop_ms_per_batch
+
+            results["embed"].update(_step("main loop", main_loop_ms_per_batch, batches=args.main_loop_batches,
+                                          device=args.device))
             if "predict" not in skip:
                 results["predict"] = {name: _step(f"predict {name}", bench.bench_predict, work, name, args.batch_size,
                                                   args.num_workers, args.device, results["embed"][name]["rows_per_s"])
@@ -77,7 +85,11 @@ def run(args):
 
                     results["serve"] = _step("serve", bench_serve, work, configs[0], args.device)
         if "decode" not in skip:
-            results["decode"] = _step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1])
+            from pipeline.bench.decode import decode_vs_reference
+
+            results["decode"] = {**_step("decode", bench.bench_decode, work, args.photos, models[configs[-1]][1]),
+                                 **_step("decode vs reference", decode_vs_reference, work, args.previews,
+                                         args.photos, models[configs[-1]][1])}
         if "memory" not in skip:
             results["memory"] = _step("memory", bench.bench_memory, work, text_model, demo / "clip", args.rss_rows)
         if "doctor" not in skip:

@@ -30,10 +30,10 @@ from pipeline.distributed import Group
 from pipeline.embed import cache, owned
 from pipeline.embed.fingerprint import combine, differences, path_sha256
 from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
+from pipeline.embed.main_loop import embed_batches
 from pipeline.embed.writer import PartWriter
 from pipeline.errors import UserError
 from pipeline.files import output_folder
-from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
 from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
 from pipeline.outputs import STAGE_ONE_CACHE, refuse_other_cache
@@ -268,59 +268,12 @@ def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, 
             parts.maybe_write(part)
         with tqdm(total=total, desc=f"embed {rows.split}", unit="rows", disable=rank != 0) as bar:
             with torch.inference_mode(), autocast(device):
-                for batch in loader:
-                    embedded += _embed_batch(model, batch, rows, config, image_settings, device, parts)
-                    bar.update(len(batch.rows))
+                embedded = embed_batches(model, loader, rows, config, image_settings, device, parts, bar.update)
     except BaseException:
         parts.abort()
         raise
     parts.close()
     return embedded
-
-
-def _embed_batch(model, batch, rows, config, image_settings, device, parts):
-    for row, reason in batch.bad:  # all image failures (an empty title alone is settled before loading)
-        if config.on_bad_image == "fail":
-            raise UserError(
-                f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
-                f"{reason.removeprefix('empty_title_and_').replace('_', ' ')}; fix the image or pass "
-                "--on-bad-image skip (or text-only)"
-            )
-        parts.skip(row, reason)
-    kept = sorted(set(batch.good) | set(batch.titled))  # positions in batch.rows
-    if not kept:
-        return 0
-    text = dict.fromkeys(kept)
-    image = dict.fromkeys(kept)
-    if batch.titled:
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
-        vectors = model.encode_text(inputs)
-        _check_finite("text_emb", vectors, [batch.rows[i] for i in batch.titled], rows)
-        text.update(zip(batch.titled, vectors.float().cpu().numpy()))
-    if batch.good:
-        pixels = batch.pixels.to(device, non_blocking=True)
-        vectors = model.encode_image({"pixel_values": pixel_values(pixels, image_settings)})
-        _check_finite("image_emb", vectors, [batch.rows[i] for i in batch.good], rows)
-        image.update(zip(batch.good, vectors.float().cpu().numpy()))
-    parts.add([batch.rows[i] for i in kept], [text[i] for i in kept], [image[i] for i in kept],
-              truncated=batch.truncated, missing=batch.missing, sha256=batch.sha256, phash=batch.phash)
-    return len(kept)
-
-
-_LIKELY_CAUSES = {
-    "text_emb": "the text model's weights (--text-model) hold NaN/Inf, or --device's bf16 overflowed",
-    "image_emb": "the CLIP weights (--clip-model or --clip-lora) hold NaN/Inf, --lora-alpha or the adapter's "
-                 "lora_alpha is absurd, or preprocessor_config.json's image_mean/image_std are wrong (a std of 0)",
-}
-
-
-def _check_finite(name, vectors, batch_rows, rows):
-    """A NaN or Inf vector stops the run before its part is written: never a cache of garbage."""
-    finite = torch.isfinite(vectors).all(dim=1)  # (B,)
-    if not bool(finite.all()):
-        first = batch_rows[int((~finite).nonzero()[0])]
-        raise UserError(f"{rows.path}: line {rows.line(first)}: the {name.split('_')[0]} vector is NaN or Inf; "
-                        f"likely cause: {_LIKELY_CAUSES[name]}; fix that and rerun (nothing of this part was written)")
 
 
 def _manifest_config(config, lora_summary, device, timings, placeholders, requested_pooling):

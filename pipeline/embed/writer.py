@@ -1,10 +1,13 @@
 """Writing stage one's results: rows gather per part, and a part is written once all its rows are in."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pipeline.embed import cache
+
+MAX_QUEUED_WRITES = 2  # parts finished but not yet on disk; beyond this the main loop waits (bounded memory)
 
 
 class PartWriter:
@@ -22,6 +25,7 @@ class PartWriter:
         self.keep_image_only = getattr(config, "on_empty_title", "skip") == "image-only"
         self.truncated = {}  # part -> titles cut at max_length
         self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
+        self.queued = threading.BoundedSemaphore(MAX_QUEUED_WRITES)
         self.futures = []
 
     def pending(self):
@@ -71,7 +75,10 @@ class PartWriter:
         del self.results[part]
         self._check_writer()
         counts = {"truncated_titles": self.truncated.pop(part, 0)}
-        self.futures.append(self.writer.submit(self._write, part, results, counts))
+        self.queued.acquire()  # waits only when the writer is MAX_QUEUED_WRITES parts behind
+        future = self.writer.submit(self._write, part, results, counts)
+        future.add_done_callback(lambda _: self.queued.release())  # also when it fails or is cancelled
+        self.futures.append(future)
 
     def _write(self, part, results, counts):
         ids, labels, text, image, digests, phashes, skipped, partial = [], [], [], [], [], [], [], []

@@ -46,9 +46,8 @@ class TrainConfig:
         "so a two-modality head learns to score posts with a missing image or title; 0 disables", default=0.5)
     seed: int = help_field("seed for initialisation, dropout and batch order", default=0)
     device: str = help_field("auto (cuda if available), cpu, cuda or cuda:N", default="auto")
-    threads: int = help_field("torch CPU threads; 0 leaves torch's default (one per core). On a machine busy "
-                              "with other work, 1 can be several times faster than threads that wait on each other",
-                              default=0)
+    threads: int = help_field("torch CPU threads; 0 = auto: one on the CPU, where a second thread gains little "
+                              "and a busy machine makes threads wait on each other (docs/benchmarks.md)", default=0)
     bootstrap: int = help_field("bootstrap resamples for the 95%% intervals (ci95) of every headline metric; "
                                 f"0 disables them; at most {MAX_RESAMPLES}", default=1000)
     calibrate: str = help_field("temperature: fit one temperature on validation (stored with the head, applied to "

@@ -30,6 +30,7 @@ from pipeline.train.class_checks import check_classes
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
 from pipeline.train.run_folder import FitResult, HeadRun
+from pipeline.train.threads import head_threads
 
 EVAL_BATCH = 8192  # evaluation needs no gradients, so bigger batches are just faster
 
@@ -182,9 +183,10 @@ def train_head(splits, head_config, train_config, log=None):
     """
     started = time.perf_counter()
     warnings = check_classes(splits, train_config.calibrate)
-    if train_config.threads:
-        torch.set_num_threads(train_config.threads)  # a process-wide setting, so only when asked for
     device = resolve_device(train_config.device)
+    threads = head_threads(train_config.threads, device)
+    if threads:
+        torch.set_num_threads(threads)  # process-wide, as --threads always was; the run folder records it
     torch.manual_seed(train_config.seed)  # initialisation and dropout
     weights = class_weights(splits["train"].labels, train_config.class_weights).to(device)
     head = FusionHead(head_config).to(device)
