@@ -27,7 +27,8 @@ from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.text_encoder import load_tokenizer
+from pipeline.model.image_encoder import check_image_size
+from pipeline.model.text_encoder import check_max_length, load_tokenizer
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
 from pipeline.train.run_folder import FitResult, HeadRun, claim_out, write_run
@@ -47,6 +48,8 @@ def run_finetune(data, config, log=print):
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
+    check_image_size(data.clip_model, settings.size, Path(data.clip_model) / "preprocessor_config.json")
+    check_max_length(data.text_model, data.max_length)  # before the rows are scanned, not at the first long title
     splits, datasets, skipped = _load_rows(data, settings, log)
     model, lora_summary = build_model(data, config)
     tokenizer = load_tokenizer(data.text_model)
