@@ -43,7 +43,7 @@ def checked_titles(titles):
         elif isinstance(title, str):
             checked.append(title.strip())
         else:
-            raise UserError(f"predict: titles[{row}] is {type(title).__name__} {str(title)[:40]!r}, not text; give "
+            raise UserError(f"predict: titles[{row}] is {type(title).__name__} {repr(title)[:40]}, not text; give "
                             "each title as a str (None or '' for a post without one)"
                             + ("; decode bytes first (b.decode('utf-8'))" if isinstance(title, bytes) else ""))
     return checked
