@@ -3,7 +3,7 @@
 Rebuilds the exact encoders the run's head was trained on (checked by content
 hash; moved folders are fine), embeds the TSV as stage one does (same columns,
 same bad-row policy), scores each row with the head and writes
-id, prob_real, pred, pred_name, status (plus label and correct when the input
+id, prob_real, pred, pred_name, status, reason (plus label and correct when the input
 has labels, and <out>.metrics.json). <out>.meta.json records the encoders used.
 """
 
