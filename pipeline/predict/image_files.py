@@ -53,7 +53,7 @@ def missing_images(keys, image_root, image_paths, input_path):
     example = os.path.join(str(image_root), image_paths[missing[0]])
     return (f"{len(missing)} of {len(keys)} rows have no image file under {image_root} (e.g. {example}); "
             f"if the images live elsewhere, pass --image-root DIR, the folder local_image_path in {input_path} "
-            "is relative to (without it, the input's folder); those rows are scored from their title alone")
+            "is relative to (without it, the input's folder); those rows get no image (see their status)")
 
 
 def none_found_message(keys, image_root, image_paths, input_path):
