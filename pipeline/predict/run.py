@@ -71,18 +71,17 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
     input_path, out = Path(input_path), Path(out)
     rows = read_rows(input_path, SPLIT, image_pattern)
     image_root = str(image_root or input_path.parent)
-    warnings = list(classifier.warnings)
+    warnings, keep = list(classifier.warnings), cache_dir is not None
+    keys, no_image = [""] * len(rows), None  # kept parts are tied to their image files; temporary ones need no key
     if text_only:
         classifier.check_text_only()
-        keys, no_image = [""] * len(rows), dict.fromkeys(range(len(rows)), TEXT_ONLY_REASON)
+        no_image = dict.fromkeys(range(len(rows)), TEXT_ONLY_REASON)
     else:
-        keys, no_image = image_files.file_keys(image_root, rows.image_paths), None
-        refusal = image_files.none_found_message(keys, image_root, rows.image_paths, input_path)
+        keys = image_files.file_keys(image_root, rows.image_paths) if keep else keys
+        refusal = image_files.none_found_message(image_root, rows.image_paths, input_path, keys if keep else None)
         if refusal:
             raise UserError(refusal)
-        warnings += [w for w in [image_files.missing_images(keys, image_root, rows.image_paths, input_path)] if w]
     out.parent.mkdir(parents=True, exist_ok=True)
-    keep = cache_dir is not None
     if keep:  # a folder of the user's: never written into unless it is one of ours, one writer at a time
         folder = output_folder(cache_dir, "--cache-dir")
         if owned.read_fingerprint(folder) is None:
@@ -101,11 +100,14 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
             _open_parts(folder, inputs, image_files.part_keys(keys, part_rows), log)
             embed_split(classifier.model, classifier.tokenizer, rows, job, classifier.settings, classifier.device,
                         no_image=no_image)
-            results = {"labels": [], "probs": [], "reasons": {}, "half_posts": {}}
+            results = {"labels": [], "probs": [], "reasons": {}, "half_posts": {}, "missing_files": []}
             write_atomic(out, lambda tmp: _write_output(tmp, classifier, rows, folder, part_rows, results))
     finally:
         if not keep:  # our own temp folder, made above
             shutil.rmtree(folder, ignore_errors=True)
+    missing = results["missing_files"]  # rows whose image file is not there
+    warnings += [w for w in [image_files.missing_images(len(missing), len(rows), image_root,
+                                                        missing and rows.image_paths[missing[0]], input_path)] if w]
     summary = {"rows": len(rows), "scored": int(sum(len(p) for p in results["probs"])),
                "half_posts": results["half_posts"], "skipped_by_reason": results["reasons"], "warnings": warnings,
                "metrics": None}
@@ -174,8 +176,11 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
             for reason in reasons.values():
                 results["reasons"][reason] = results["reasons"].get(reason, 0) + 1
             labels = rows.labels[span.start:span.stop] if rows.labelled else None
+            row_reasons = [reasons.get(row) or why.get(row, "") for row in span]
+            results["missing_files"] += [row for row, why_not in zip(span, row_reasons)
+                                         if why_not.endswith("missing_file")]
             frame = results_frame([rows.ids[row] for row in span], prob, status, classifier.threshold, labels,
-                                  reasons=[reasons.get(row) or why.get(row, "") for row in span])
+                                  reasons=row_reasons)
             frame.to_csv(handle, header=part == 0, index=False)
             results["probs"].append(prob[~np.isnan(prob)])
             if labels is not None:
