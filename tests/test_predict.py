@@ -68,7 +68,7 @@ def test_predict_on_the_test_split_gives_the_runs_own_probabilities(which, reque
     assert main(predict_flags(run["run"], unlabelled, out, run["data"])) == 0
     got = read_results(out)
     expected = pd.read_csv(run["run"] / "predictions_test.csv", dtype={"id": str})
-    assert list(got.columns) == ["id", "prob_real", "pred", "pred_name", "status"]
+    assert list(got.columns) == ["id", "prob_real", "pred", "pred_name", "status", "reason"]
     assert list(got["id"]) == list(expected["id"]) and (got["status"] == "ok").all()
     np.testing.assert_allclose(got["prob_real"], expected["prob_real"], atol=1e-5)
     threshold = json.loads((run["run"] / "encoders.json").read_text())["threshold"]
@@ -100,8 +100,8 @@ def test_api_and_cli_agree_with_pil_images(head_run, tmp_path):
     images = [Image.open(data / p) if i % 2 else str(data / p) for i, p in enumerate(rows["local_image_path"])]
     clf = Classifier.from_run(head_run["run"], device="cpu", batch_size=3)
     api = clf.predict(rows["clean_title"], images, ids=rows["id"], labels=rows["2_way_label"].astype(int))
-    assert list(api.columns) == list(cli.columns) == ["id", "prob_real", "pred", "pred_name", "status", "label",
-                                                      "correct"]
+    assert list(api.columns) == list(cli.columns) == ["id", "prob_real", "pred", "pred_name", "status", "reason",
+                                                      "label", "correct"]
     assert list(api["id"]) == list(cli["id"])
     np.testing.assert_allclose(api["prob_real"], cli["prob_real"], atol=1e-5)
     assert list(api["pred"]) == list(cli["pred"]) and list(api["correct"]) == list(cli["correct"])
@@ -131,7 +131,7 @@ def test_bad_rows_keep_their_place_with_a_status(head_run, tmp_path):
     assert got["prob_real"].isna().tolist() == [False, True, True, True, False, False]
     assert got["pred"].isna().tolist() == got["prob_real"].isna().tolist()
     lines = out.read_text().splitlines()
-    assert lines[2] == "gone,,,,missing_file"  # empty probability, prediction and name
+    assert lines[2] == "gone,,,,missing_file,missing_file"  # empty probability, prediction and name
     assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data, "--on-bad-image", "fail")) == 2
     # by default the head's missing vectors score the half-posts
     assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data)) == 0
@@ -271,7 +271,7 @@ def test_cache_dir_never_loses_files_predict_did_not_write(head_run, tmp_path, c
     (parts / "posts" / "user.jpg").write_bytes(b"a user's file among our parts")
     assert main(predict_flags(head_run["run"], data / "test.tsv", tmp_path / "q.csv", data,
                               "--cache-dir", str(parts))) == 0  # another input: our parts are replaced
-    assert "embedding afresh" in capsys.readouterr().out
+    assert "built from other inputs (changed: image_files, input); rebuilding it" in capsys.readouterr().out
     assert (parts / "posts" / "user.jpg").read_bytes() == b"a user's file among our parts"
 
 

@@ -341,4 +341,4 @@ def test_a_kept_predict_part_with_other_ids_is_an_error_not_a_traceback(small_va
     capsys.readouterr()
     assert main(flags) == 2
     err = capsys.readouterr().err
-    assert f"error: {part}: does not hold the input's rows" in err and "Traceback" not in err
+    assert f"error: {part}: does not hold rows 1-" in err and "(the ids differ)" in err and "Traceback" not in err

@@ -71,6 +71,7 @@ def time_embed(config):
 def time_embed_loop(config):
     """Stage one with the models already loaded: the rows/s that the efficiency ratio compares."""
     from pipeline.embed.run import embed_split
+    from pipeline.embed.writer import PartJob
 
     device = resolve_device(config.device)
     model, _ = build_encoders(config.text_model, config.clip_model, pooling=config.pooling)
@@ -81,7 +82,7 @@ def time_embed_loop(config):
     Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
     warm_up(model, tokenizer, rows, config, settings, device)  # as forward_only_rows_per_s does
     started = time.perf_counter()
-    embedded = embed_split(model, tokenizer, rows, config, settings, device)
+    embedded = embed_split(model, tokenizer, rows, PartJob.from_config(config), settings, device)
     _sync(device)
     return embedded / (time.perf_counter() - started), model, tokenizer, rows, settings
 

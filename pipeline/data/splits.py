@@ -83,6 +83,9 @@ def read_rows(path, split, image_pattern="{id}.jpg", extra_columns=()):
     `extra_columns` (e.g. doctor's label proxies) are read too, where the file has them, into `extra`.
     """
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; "
+                        "give the path of a tab-separated file of posts")
     table = _read_tsv(path, extra_columns)
     _check_columns(table.header, path, image_pattern)
     if not table.lines:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.data.halves import surviving_half
 from pipeline.data.images import BadImage, load_image
 from pipeline.model.batch import prepare_batch
 
@@ -71,7 +72,7 @@ def scan_rows(rows, image_root, settings, workers, text_only=False, image_only=F
     """(rows to keep, [(row, reason)] to skip, {row: (missing half, reason)} of the kept half-posts).
 
     A row whose image does not load is kept text-only with `text_only`; one with an empty title is kept
-    image-only with `image_only`; a row with neither is skipped."""
+    image-only with `image_only`; a row with neither is skipped (the rule: `pipeline.data.halves`)."""
     jobs = [(image_root, path, settings) for path in rows.image_paths]
     if workers > 0:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -80,19 +81,11 @@ def scan_rows(rows, image_root, settings, workers, text_only=False, image_only=F
         reasons = [_check_image(job) for job in jobs]
     keep, skipped, halves = [], [], {}
     for row, reason in enumerate(reasons):
-        if not rows.texts[row] and reason is not None:
-            skipped.append((row, f"empty_title_and_{reason}" if image_only else "empty_title"))
-        elif not rows.texts[row]:
-            if image_only:
-                keep.append(row)
-                halves[row] = ("text", "empty_title")
-            else:
-                skipped.append((row, "empty_title"))
-        elif reason is None:
-            keep.append(row)
-        elif text_only:
-            keep.append(row)
-            halves[row] = ("image", reason)
-        else:
-            skipped.append((row, reason))
+        survivor = surviving_half(bool(rows.texts[row]), reason, text_only, image_only)
+        if not survivor.kept:
+            skipped.append((row, survivor.reason))
+            continue
+        keep.append(row)
+        if survivor.missing:
+            halves[row] = (survivor.missing, survivor.reason)
     return keep, skipped, halves

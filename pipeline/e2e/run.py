@@ -27,7 +27,8 @@ from pipeline.embed.cache import write_skipped
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.text_encoder import load_tokenizer, text_lora_targets
+from pipeline.model.image_encoder import check_image_size
+from pipeline.model.text_encoder import check_max_length, load_tokenizer, text_lora_targets
 from pipeline.outputs import claim_run_folder
 from pipeline.runs.encoders import exported
 from pipeline.runs.record import data_of_e2e
@@ -53,6 +54,8 @@ def run_finetune(data, config, log=print, command_line=None):
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
     if config.train_text == "lora":  # the run records the modules LoRA wrapped, as it records the resolved pooling
         config = replace(config, text_lora_targets=text_lora_targets(data.text_model, config.text_lora_targets))
+    check_image_size(data.clip_model, settings.size, Path(data.clip_model) / "preprocessor_config.json")
+    check_max_length(data.text_model, data.max_length)  # before the rows are scanned, not at the first long title
     splits, datasets, skipped = _load_rows(data, settings, log)
     model, lora_summary = build_model(data, config)
     tokenizer = load_tokenizer(data.text_model)

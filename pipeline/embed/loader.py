@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, load_image_and_sha256
 from pipeline.data.phash import perceptual_hash
 from pipeline.model.batch import tokenize_titles
@@ -66,35 +67,36 @@ class ImageRows(Dataset):
 class Collate:
     """Stacks pixels and tokenises titles with padding to the batch's longest.
 
-    A row whose image failed is kept text-only when `text_only` or when it is one of `no_image_rows` (a
-    placeholder kept text-only); otherwise it is bad. A row without a title
-    only reaches the loader when stage one keeps such rows image-only. A row with neither is bad.
+    Which half of a row survives is `surviving_half`'s rule: a row whose image failed is kept text-only
+    when `text_only` or when it is one of `no_image_rows` (a placeholder kept text-only); a row without
+    a title is kept image-only when `image_only` (stage one leaves such rows out before loading
+    otherwise). A row with neither is bad.
     """
 
-    def __init__(self, texts, tokenizer, max_length, size, text_only=False, no_image_rows=()):
+    def __init__(self, texts, tokenizer, max_length, size, text_only=False, no_image_rows=(), image_only=True):
         self.texts = texts
         self.no_image_rows = no_image_rows
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.size = size
         self.text_only = text_only
+        self.image_only = image_only
 
     def __call__(self, items):
         rows = [row for row, _, _, _ in items]
         good, titled, bad, missing = [], [], [], {}
         for i, (row, pixels, reason, _) in enumerate(items):
-            has_title = bool(self.texts[row])
-            if pixels is not None:
+            survivor = surviving_half(bool(self.texts[row]), None if pixels is not None else reason,
+                                      self.text_only or row in self.no_image_rows, self.image_only)
+            if not survivor.kept:
+                bad.append((row, survivor.reason))
+                continue
+            if survivor.half in (BOTH, IMAGE):
                 good.append(i)
-                if has_title:
-                    titled.append(i)
-                else:
-                    missing[row] = ("text", "empty_title")
-            elif has_title and (self.text_only or row in self.no_image_rows):
+            if survivor.half in (BOTH, TEXT):
                 titled.append(i)
-                missing[row] = ("image", reason)
-            else:
-                bad.append((row, reason if has_title else f"empty_title_and_{reason}"))
+            if survivor.missing:
+                missing[row] = (survivor.missing, survivor.reason)
         truncated, text = [], {}
         if titled:
             titles = [self.texts[rows[i]] for i in titled]

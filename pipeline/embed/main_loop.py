@@ -40,13 +40,13 @@ class _InFlight:
     ready: object = None  # a CUDA event after the copies, None on the CPU (copies done at once)
 
 
-def embed_batches(model, loader, rows, config, image_settings, device, parts, progress=None,
+def embed_batches(model, loader, rows, job, image_settings, device, parts, progress=None,
                   encode=encode_batch, lag=LAG):
     """Embed every batch of `loader` into `parts` (a writer.PartWriter); returns the rows kept."""
     in_flight = deque()
     embedded = 0
     for batch in loader:
-        _settle_bad_rows(batch, rows, config, parts)
+        _settle_bad_rows(batch, rows, job, parts)
         in_flight.append(_launch(model, batch, image_settings, device, encode))
         while len(in_flight) > lag:
             embedded += _bring_back(in_flight.popleft(), rows, parts)
@@ -57,9 +57,9 @@ def embed_batches(model, loader, rows, config, image_settings, device, parts, pr
     return embedded
 
 
-def _settle_bad_rows(batch, rows, config, parts):
+def _settle_bad_rows(batch, rows, job, parts):
     for row, reason in batch.bad:  # all image failures (an empty title alone is settled before loading)
-        if config.on_bad_image == "fail":
+        if job.on_bad_image == "fail":
             raise UserError(
                 f"{rows.path}: line {rows.line(row)}, column local_image_path {rows.image_paths[row]!r}: "
                 f"{reason.removeprefix('empty_title_and_').replace('_', ' ')}; fix the image or pass "

@@ -31,10 +31,11 @@ from pipeline.embed import cache, owned
 from pipeline.embed.fingerprint import combine, differences, path_sha256
 from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.embed.main_loop import embed_batches
-from pipeline.embed.writer import PartWriter
+from pipeline.embed.writer import PartJob, PartWriter
 from pipeline.errors import UserError
 from pipeline.files import output_folder
 from pipeline.model.classifier import build_encoders
+from pipeline.model.image_encoder import check_image_size
 from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
 from pipeline.outputs import STAGE_ONE_CACHE, refuse_other_cache
 
@@ -58,6 +59,7 @@ def run_embed(config, group=Group(), log=print):
     image_settings = ImageSettings.from_model_folder(
         config.clip_model, max_pixels=config.max_pixels, draft=config.draft,
     )
+    check_image_size(config.clip_model, image_settings.size, Path(config.clip_model) / "preprocessor_config.json")
     # Through JSON once, so tuples compare equal to the lists read back from disk.
     inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
     fingerprint = combine(inputs)
@@ -87,12 +89,12 @@ def run_embed(config, group=Group(), log=print):
             _start_fresh(target, fingerprint, inputs)
         group.barrier()  # no rank writes a part before rank 0 has cleared a stale cache
         started = time.perf_counter()
-        work = replace(config, cache_dir=str(target))  # a rebuild goes to the staging folder
+        job = PartJob.from_config(config, folder=target)  # a rebuild goes to the staging folder
         for name, rows in splits.items():
             flagged = dict.fromkeys(placeholders.rows[name], "placeholder_image")
             skip_rows = flagged if config.on_placeholder == "skip" else {}
             no_image = flagged if config.on_placeholder == "text-only" else {}
-            embed_split(model, tokenizer, rows, work, image_settings, device, group.rank, group.world_size, skip_rows,
+            embed_split(model, tokenizer, rows, job, image_settings, device, group.rank, group.world_size, skip_rows,
                         no_image)
         group.barrier()  # every rank's parts are on disk
         timings = {"seconds": round(time.perf_counter() - started, 3), "processes": group.world_size}
@@ -230,6 +232,21 @@ def _prepare_cache(cache_dir, fingerprint, inputs, on_stale, log):
     return "fresh", staging
 
 
+def open_parts_folder(folder, fingerprint, inputs, log=print):
+    """Stage one's resume protocol for a folder of parts that never gets a manifest (predict's --cache-dir):
+    'resume' when it was started with the same `fingerprint` (a killed run's temp files removed), else
+    'fresh': what we wrote there is cleared and the folder starts with `fingerprint` and `inputs`. Call it
+    with the folder's lock held."""
+    folder = Path(folder)
+    if (folder / cache.MANIFEST_NAME).is_file():
+        raise UserError(f"{folder}: holds a stage-one cache (manifest.json), not parts of this command; "
+                        "give a folder of its own")
+    state, target = _prepare_cache(folder, fingerprint, inputs, "rebuild", log)
+    if state == "fresh":
+        _start_fresh(target, fingerprint, inputs)
+    return state
+
+
 def _start_fresh(folder, fingerprint, inputs):
     """Clear what we wrote in `folder` (the cache, or its staging folder) and start it with the fingerprint."""
     folder = Path(folder)
@@ -246,20 +263,21 @@ def _start_fresh(folder, fingerprint, inputs):
     cache.write_json_atomic(folder / cache.FINGERPRINT_NAME, {"fingerprint": fingerprint, "inputs": inputs})
 
 
-def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, world_size=1, skip_rows=None,
+def embed_split(model, tokenizer, rows, job, image_settings, device, rank=0, world_size=1, skip_rows=None,
                 no_image=None):
-    """Embed the parts of one split that this rank owns and that are not on disk yet.
+    """Embed the parts of one split that this rank owns and that are not in `job.folder` yet (a `PartJob`).
 
     `skip_rows` maps row -> reason for rows left out before loading (placeholders); `no_image` maps
     row -> reason for rows whose image is not to be used (placeholders kept text-only).
     """
-    parts = PartWriter(rows, config, model.dims, skip_rows)
+    parts = PartWriter(rows, job, model.dims, skip_rows)
     pending = [p for p in parts.pending() if p % world_size == rank]
-    collate = Collate(rows.texts, tokenizer, config.max_length, image_settings.size,
-                      text_only=config.on_bad_image == "text-only", no_image_rows=set(no_image or ()))
-    dataset = ImageRows(config.resolved_image_root, rows.image_paths, image_settings, no_image)
-    batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, config.batch_size)
-    workers = decode_workers(config.num_workers, device)
+    collate = Collate(rows.texts, tokenizer, job.max_length, image_settings.size,
+                      text_only=job.on_bad_image == "text-only", no_image_rows=set(no_image or ()),
+                      image_only=job.on_empty_title == "image-only")
+    dataset = ImageRows(job.image_root, rows.image_paths, image_settings, no_image)
+    batches = plan_batches([parts.embeddable_rows(p) for p in pending], rows.texts, job.batch_size)
+    workers = decode_workers(job.num_workers, device)
     loader = make_loader(dataset, collate, batches, workers, pin_memory=device.type == "cuda")
     total = sum(parts.size(p) for p in pending)
     embedded = 0
@@ -268,7 +286,7 @@ def embed_split(model, tokenizer, rows, config, image_settings, device, rank=0, 
             parts.maybe_write(part)
         with tqdm(total=total, desc=f"embed {rows.split}", unit="rows", disable=rank != 0) as bar:
             with torch.inference_mode(), autocast(device):
-                embedded = embed_batches(model, loader, rows, config, image_settings, device, parts, bar.update)
+                embedded = embed_batches(model, loader, rows, job, image_settings, device, parts, bar.update)
     except BaseException:
         parts.abort()
         raise

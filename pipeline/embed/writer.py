@@ -2,27 +2,53 @@
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.halves import skipped_before_loading
 from pipeline.embed import cache
 
 MAX_QUEUED_WRITES = 2  # parts finished but not yet on disk; beyond this the main loop waits (bounded memory)
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """What embedding one split into parts needs, given explicitly: stage one fills it from its config
+    (`from_config`), predict from its own arguments."""
+
+    folder: str  # where the parts go: a cache folder (or its staging folder), or predict's parts folder
+    image_root: str  # the folder the split's image paths are relative to
+    part_rows: int  # input rows per part (the unit of resuming)
+    max_length: int  # title tokens
+    batch_size: int
+    num_workers: int  # -1: auto
+    on_bad_image: str = "skip"  # skip, fail or text-only
+    on_empty_title: str = "skip"  # skip or image-only
+    cache_dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, config, folder=None):
+        """Stage one's job for `config` (an EmbedConfig), writing into `folder` (default: its cache folder)."""
+        return cls(folder=str(folder or config.cache_dir), image_root=config.resolved_image_root,
+                   part_rows=config.part_rows, max_length=config.max_length, batch_size=config.batch_size,
+                   num_workers=config.num_workers, on_bad_image=config.on_bad_image,
+                   on_empty_title=config.on_empty_title, cache_dtype=config.cache_dtype)
+
+
 class PartWriter:
     """Gathers results per part and writes a part (in a background thread) once all its rows are in."""
 
-    def __init__(self, rows, config, dims, skip_rows=None):
+    def __init__(self, rows, job, dims, skip_rows=None):
         self.rows = rows
         self.skip_rows = skip_rows or {}
         self.dims = dims
-        self.config = config
-        self.part_rows = config.part_rows
+        self.job = job
+        self.part_rows = job.part_rows
         self.count = -(-len(rows) // self.part_rows)
-        self.done = cache.existing_parts(config.cache_dir, rows.split)
+        self.done = cache.existing_parts(job.folder, rows.split)
         self.results = {}  # part -> {row: (text, image, (missing, reason) or None, sha256, phash) or skip reason}
-        self.keep_image_only = getattr(config, "on_empty_title", "skip") == "image-only"
+        self.keep_image_only = job.on_empty_title == "image-only"
         self.truncated = {}  # part -> titles cut at max_length
         self.writer = ThreadPoolExecutor(max_workers=1)  # overlaps Parquet writing with compute
         self.queued = threading.BoundedSemaphore(MAX_QUEUED_WRITES)
@@ -40,9 +66,8 @@ class PartWriter:
     def embeddable_rows(self, part):
         rows = []
         for row in self.range(part):
-            reason = self.skip_rows.get(row)
-            if not self.rows.texts[row] and not self.keep_image_only:
-                reason = "empty_title"
+            has_title = bool(self.rows.texts[row])
+            reason = skipped_before_loading(has_title, self.keep_image_only) or self.skip_rows.get(row)
             if reason:
                 self.results.setdefault(part, {})[row] = reason
             else:
@@ -100,11 +125,11 @@ class PartWriter:
         absent = {(entry["row"], entry["missing"]) for entry in partial}
         kept = [row for row in self.range(part) if not isinstance(results[row], str)]
         cache.write_part(
-            cache.part_path(self.config.cache_dir, self.rows.split, part), ids,
+            cache.part_path(self.job.folder, self.rows.split, part), ids,
             labels if self.rows.labelled else None,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
-            skipped, dtype=self.config.cache_dtype, counts=counts,
+            skipped, dtype=self.job.cache_dtype, counts=counts,
             has_text=[(row, "text") not in absent for row in kept],
             has_image=[(row, "image") not in absent for row in kept], partial=partial, image_sha256=digests,
             image_phash=phashes,

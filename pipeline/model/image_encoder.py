@@ -83,3 +83,15 @@ def merge_lora_into(module, lora_a, lora_b, scaling):
         raise TypeError(f"LoRA target is {type(module).__name__}, not Linear")
     delta = (lora_b.to(torch.float32) @ lora_a.to(torch.float32)) * scaling  # (out, in)
     module.weight += delta.to(module.weight.dtype)
+
+
+def check_image_size(folder, size, source):
+    """Refuse image settings whose crop size is not the CLIP model's input size (CLIP's position embeddings
+    fit one size: any other fails on the first batch). `source` names where `size` came from."""
+    config = read_config(folder, "--clip-model")
+    vision = config.get("vision_config") if config.get("model_type") == "clip" else config
+    expected = vision.get("image_size") if isinstance(vision, dict) else None
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected != size:
+        raise UserError(f"{source}: crops images to {size}x{size} pixels, but the CLIP model {folder} takes "
+                        f"{expected}x{expected} (image_size in its config.json); make the two agree (crop_size "
+                        f"{expected} in preprocessor_config.json) or use the CLIP folder they were made for")

@@ -114,13 +114,14 @@ def _load_text_tower(folder, family, pooling):
     return tower
 
 
-def check_max_length(folder, max_length, tokenizer=None):
+def check_max_length(folder, max_length, tokenizer=None, source="--max-length"):
     """Refuse a --max-length the model has no positions for (the first long title would crash the run),
-    or one that leaves no room for a single real token beside the special ones."""
+    or one that leaves no room for a single real token beside the special ones; `source` names where the
+    value came from (a flag, or a run's record)."""
     if tokenizer is not None:
         needed = tokenizer.num_special_tokens_to_add() + 1
         if max_length < needed:
-            raise UserError(f"--max-length {max_length}: too short to hold one word of a title beside the "
+            raise UserError(f"{source} {max_length}: too short to hold one word of a title beside the "
                             f"{needed - 1} special tokens; use --max-length {needed} or more (default 128)")
     config = read_config(folder, "--text-model")
     family = text_family(config.get("model_type"))
@@ -130,8 +131,10 @@ def check_max_length(folder, max_length, tokenizer=None):
               read_json(f"{folder}/tokenizer_config.json").get("model_max_length")]
     limit = min((int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < 1e9), default=None)
     if limit is not None and max_length > limit:
-        raise UserError(f"--max-length {max_length}: the text model {folder} takes at most {limit} tokens; "
-                        f"use --max-length {limit} or less")
+        raise UserError(f"{source} {max_length}: the text model {folder} takes at most {limit} tokens; "
+                        f"use {source} {limit} or less" if source == "--max-length" else
+                        f"{source} {max_length}: the text model {folder} takes at most {limit} tokens; give the "
+                        "text model the run was trained with (--text-model)")
 
 
 _ST_MODES = (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),

@@ -17,13 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, ImageSettings, image_pixels, load_image
+from pipeline.data.splits import CLASS_NAMES
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import UserError
 from pipeline.model.batch import prepare_batch
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import load_head
-from pipeline.model.text_encoder import load_tokenizer
+from pipeline.model.image_encoder import check_image_size
+from pipeline.model.text_encoder import check_max_length, load_tokenizer
+from pipeline.predict import api_inputs
 from pipeline.predict import encoders as guard
 from pipeline.predict.config import parse_threshold
 from pipeline.predict.run import predict_file, read_results, results_frame
@@ -54,6 +58,20 @@ def run_threshold(record, threshold):
     return value
 
 
+def _checked_options(threshold, batch_size, max_pixels):
+    """`from_run`'s own arguments, checked before any model loads; returns the threshold ('run', 'tuned' or a
+    float)."""
+    number = None if isinstance(threshold, bool) else parse_threshold(threshold)
+    if number is None:
+        raise UserError(f"threshold {threshold!r}: not a threshold; use 'run', 'tuned' or a number from 0 to 1")
+    for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise UserError(f"{name} {value!r}: give a whole number of 1 or more")
+    if batch_size is None:
+        raise UserError("batch_size None: give a whole number of 1 or more (default 64)")
+    return number
+
+
 class Classifier:
     def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64,
                  temperature=None):
@@ -73,6 +91,7 @@ class Classifier:
                  pooling=None, allow_other_encoders=False, batch_size=64, max_pixels=None):
         """Load the run's head and the encoders it was trained on (checked by content; see `predict.encoders`).
         `threshold`: "run" (the run's decision threshold, as in its predictions files), "tuned" or a number."""
+        threshold = _checked_options(threshold, batch_size, max_pixels)  # before any model loads
         run_dir = Path(run_dir)
         run = read_run(run_dir)
         if run.kind not in ("train-head", "finetune-e2e"):
@@ -90,8 +109,20 @@ class Classifier:
         image = {**encoders["image"], "mean": tuple(encoders["image"]["mean"]), "std": tuple(encoders["image"]["std"])}
         if max_pixels is not None:
             image["max_pixels"] = max_pixels
-        return cls(model.to(device).eval(), load_tokenizer(encoders["text_model"]), ImageSettings(**image), encoders,
-                   decide_at, device, run_dir, warnings, batch_size, temperature=stored_temperature(run_dir / "head"))
+        settings, tokenizer = ImageSettings(**image), load_tokenizer(encoders["text_model"])
+        where = run_dir / "encoders.json"
+        check_max_length(encoders["text_model"], encoders["max_length"], tokenizer, source=f"{where}: max_length")
+        check_image_size(encoders["clip_model"], settings.size, f"{where} (image.size)")
+        return cls(model.to(device).eval(), tokenizer, settings, encoders,
+                   decide_at, device, run_dir, warnings,
+                   batch_size, temperature=stored_temperature(run_dir / "head"))
+
+    def check_text_only(self):
+        """Refuse `--text-only` for a head that cannot score a post from its title alone."""
+        if not self.can_score([True], [False])[0]:
+            raise UserError(f"--text-only: the head in {self.run_dir} cannot score a post without its image (it has "
+                            "no missing vectors, or it reads only images); give the images (--image-root) or "
+                            "use a run trained with missing vectors")
 
     @property
     def fingerprint(self):
@@ -130,42 +161,44 @@ class Classifier:
 
     @torch.inference_mode()
     def predict(self, titles, images, ids=None, labels=None, image_root=None):
-        """Titles and images (paths, relative to `image_root` when given; Pillow images; or None) -> a DataFrame
-        with the CLI's columns, one row per input in order; rows that cannot be scored carry the reason."""
-        titles, images = list(titles), list(images)
-        if len(titles) != len(images):
-            raise UserError(f"predict: {len(titles)} titles but {len(images)} images; give one image per title")
+        """Titles and images (see `api_inputs`: paths, relative to `image_root` when given; Pillow images;
+        (H, W, 3) uint8 arrays; or None) -> a DataFrame with the CLI's columns, one row per input in order;
+        `reason` says why a row is not scored whole (the missing half's reason, or the skip reason)."""
+        titles, images = api_inputs.checked_titles(titles), api_inputs.checked_images(images)
+        ids = None if ids is None else api_inputs.as_list(ids, "ids")
+        labels = api_inputs.checked_labels(labels, CLASS_NAMES)
+        api_inputs.same_length(len(titles), images=images, ids=ids, labels=labels)
         ids = [str(i) for i in range(len(titles))] if ids is None else [str(key) for key in ids]
-        prob, status = np.full(len(titles), np.nan), ["ok"] * len(titles)
+        prob, status, reasons = np.full(len(titles), np.nan), ["ok"] * len(titles), [""] * len(titles)
+        keep_text_only, keep_image_only = self.can_score([True], [False])[0], self.can_score([False], [True])[0]
         size = self.settings.size
         for start in range(0, len(titles), self.batch_size):
             good, pixels, has_text, has_image = [], [], [], []
             for row in range(start, min(start + self.batch_size, len(titles))):
-                title = (titles[row] or "").strip()
                 try:
                     pixels.append(self._pixels(images[row], image_root))
-                    image_ok, reason = True, "empty_title"
+                    image_reason = None
                 except BadImage as error:
                     pixels.append(np.zeros((size, size, 3), np.uint8))  # a stand-in the head never sees
-                    image_ok, reason = False, error.reason
-                if not title and not image_ok:
-                    status[row] = f"empty_title_and_{reason}"
-                elif not self.can_score([bool(title)], [image_ok])[0]:
-                    status[row] = reason  # stage one's reason: empty_title, or the image's
-                else:
-                    good.append(row)
-                    has_text.append(bool(title))
-                    has_image.append(image_ok)
-                    status[row] = "ok" if title and image_ok else "ok_text_only" if title else "ok_image_only"
+                    image_reason = error.reason
+                survivor = surviving_half(bool(titles[row]), image_reason, keep_text_only, keep_image_only)
+                reasons[row] = survivor.reason or ""
+                if not survivor.kept:
+                    status[row] = survivor.reason
+                    continue
+                good.append(row)
+                has_text.append(survivor.half in (BOTH, TEXT))
+                has_image.append(survivor.half in (BOTH, IMAGE))
+                status[row] = {BOTH: "ok", TEXT: "ok_text_only", IMAGE: "ok_image_only"}[survivor.half]
             if good:
-                batch = prepare_batch(self.tokenizer, [(titles[row] or "").strip() for row in good],
+                batch = prepare_batch(self.tokenizer, [titles[row] for row in good],
                                       torch.from_numpy(np.stack([pixels[row - start] for row in good])),
                                       self.encoders["max_length"], self.settings)
                 with autocast(self.device):
                     vectors = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
                 prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float(),
                                                  has_text, has_image)
-        return results_frame(ids, prob, status, self.threshold, labels)
+        return results_frame(ids, prob, status, self.threshold, labels, reasons=reasons)
 
     def _pixels(self, image, image_root):
         if image is None:

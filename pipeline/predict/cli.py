@@ -3,7 +3,7 @@
 Rebuilds the exact encoders the run's head was trained on (checked by content
 hash; moved folders are fine), embeds the TSV as stage one does (same columns,
 same bad-row policy), scores each row with the head and writes
-id, prob_real, pred, pred_name, status (plus label and correct when the input
+id, prob_real, pred, pred_name, status, reason (plus label and correct when the input
 has labels, and <out>.metrics.json). <out>.meta.json records the encoders used.
 """
 
@@ -38,12 +38,14 @@ def run(args):
                            image_pattern=config.image_pattern, cache_dir=config.cache_dir,
                            batch_size=config.batch_size, num_workers=config.num_workers,
                            on_bad_image=config.on_bad_image, on_empty_title=config.on_empty_title,
-                           part_rows=config.part_rows)
+                           part_rows=config.part_rows, text_only=config.text_only)
     skipped = sum(summary["skipped_by_reason"].values())
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["skipped_by_reason"].items()))
     halves = ", ".join(f"{k}={v}" for k, v in sorted(summary["half_posts"].items()))
+    noted = summary["warnings"][len(classifier.warnings):]  # the input's own (the encoders' are printed above)
     print(f"{summary['rows']} rows: {summary['scored']} classified at threshold {classifier.threshold:.4f}"
-          f"{f' ({halves})' if halves else ''}, {skipped} not ({reasons or 'none'})")
+          f"{f' ({halves})' if halves else ''}, {skipped} not ({reasons or 'none'})"
+          + "".join(f"; warning: {warning}" for warning in noted))
     print(read_results(config.out).head(SHOWN_ROWS).to_string(index=False))
     if summary["metrics"] is not None:
         print(f"Metrics: {shown(summary['metrics'])} (written to {config.out}.metrics.json)")

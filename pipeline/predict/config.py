@@ -1,6 +1,7 @@
 """`predict`'s settings, without torch: flags and `--help` are built from these."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.config import device_name, existing, help_field, one_of, validate, whole
 from pipeline.data.images import DEFAULT_MAX_PIXELS
@@ -57,12 +58,16 @@ class PredictConfig:
     on_empty_title: str = help_field(
         f"what a row with an empty title does: {', '.join(EMPTY_TITLE_POLICIES)} (image-only: scored from its "
         "image, status ok_image_only, when the run's head has missing vectors)", default="image-only")
+    text_only: bool = help_field(
+        "score every row from its title alone and read no image (status ok_text_only, reason "
+        "text_only_requested); without it, an input none of whose images is found is refused", default=False)
     part_rows: int = help_field("input rows per part (the unit of resuming and of memory)", default=4096)
     max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
 
     def __post_init__(self):
         validate(
             existing(self, "run"), existing(self, "input", kind="path"), existing(self, "text_model"),
+            f"--input {self.input}: a folder; give the TSV file of posts" if Path(self.input).is_dir() else None,
             existing(self, "clip_model"), existing(self, "clip_lora", kind="path"),
             None if self.pooling is None else one_of(self, "pooling", POOLINGS),
             None if parse_threshold(self.threshold) is not None else
