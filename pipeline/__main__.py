@@ -74,8 +74,23 @@ def build_parser():
             formatter_class=_DefaultsHelp,
         )
         module.add_arguments(sub)
+        if getattr(module, "WRITES_REPORT", False):
+            from pipeline.report.build import add_report_argument
+
+            add_report_argument(sub)
         sub.set_defaults(command_run=module.run)  # not `run`: predict has a --run flag
     return parser
+
+
+def _write_report(args, code):
+    """The page of the folder a command made (train-head, ablate, finetune-e2e set `args.report_folder`),
+    unless --no-report. Written here so that the stages never import `report`, which reads their folders."""
+    folder = getattr(args, "report_folder", None)
+    if code == 0 and folder is not None and args.report:
+        from pipeline.report.build import write_report
+
+        out = write_report(folder, overwrite=getattr(args, "overwrite", False))  # the run took --overwrite
+        print(f"Report: {out} ({out.stat().st_size / 1024:.0f} KB)")
 
 
 def main(argv=None):
@@ -85,7 +100,9 @@ def main(argv=None):
     args.command_line = ["python", "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)]
     _quiet_libraries()
     try:
-        return args.command_run(args)
+        code = args.command_run(args)
+        _write_report(args, code)
+        return code
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizerFast, CLIPConfig, CLIPModel
 
-from pipeline.embed.cache import write_cache
+from pipeline.bench.synthetic import write_cache
 from tests.helpers import small_splits
 
 # The test models are tiny: a second thread only adds synchronisation, and on a

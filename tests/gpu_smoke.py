@@ -14,8 +14,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from conftest import build_tiny_bert, build_tiny_clip, make_dataset  # noqa: E402
 
 from pipeline.__main__ import main  # noqa: E402
-from pipeline.embed.cache import write_cache  # noqa: E402
-from pipeline.train.synthetic import make_splits  # noqa: E402
+from pipeline.bench.synthetic import make_splits, write_cache  # noqa: E402
 
 
 def run(args):

@@ -2,9 +2,9 @@
 
 from dataclasses import replace
 
+from pipeline.bench.synthetic import make_splits
 from pipeline.model.config import HeadConfig
 from pipeline.train.config import TrainConfig
-from pipeline.train.synthetic import make_splits
 
 TEXT_DIM, IMAGE_DIM = 16, 8
 SMALL_FLAGS = ["--proj-dim", "16", "--hidden-dim", "16", "--batch-size", "256", "--lr", "3e-3", "--device", "cpu"]

@@ -10,9 +10,9 @@ from conftest import embed_flags, make_dataset
 from sklearn.metrics import f1_score
 
 from pipeline.__main__ import main
+from pipeline.bench.synthetic import write_cache
 from pipeline.compare.paired import match_rows
 from pipeline.compare.runs import RunPredictions
-from pipeline.embed.cache import write_cache
 from pipeline.runs.record import read_run
 from tests.helpers import SMALL_FLAGS, small_splits
 from tests.test_report import parse

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from pipeline.__main__ import main
+from pipeline.bench.synthetic import write_cache
 from pipeline.doctor.checks import normalise_title
 from pipeline.doctor.near import effective_dimensions, nearest_train
-from pipeline.embed.cache import CachedSplit, write_cache
+from pipeline.embed.cache import CachedSplit
 from tests.conftest import embed_flags, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -163,7 +163,7 @@ def test_ablate_compares_every_variant_with_the_reference(xor_cache, tmp_path, c
 
 def test_eval_ids_keep_the_half_posts_presence(tmp_path):
     """--eval-ids cuts val and test to the listed rows and keeps each row's presence masks with it."""
-    from pipeline.embed.cache import write_cache
+    from pipeline.bench.synthetic import write_cache
     from tests.helpers import small_splits
 
     splits = small_splits("both", rows=1500, missing_image=0.3)

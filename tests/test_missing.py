@@ -180,7 +180,7 @@ def test_fusion_head_scores_half_posts_as_well_as_a_one_modality_head(missing, f
 
 
 def test_ablate_shows_presence_columns(tmp_path, capsys):
-    from pipeline.embed.cache import write_cache
+    from pipeline.bench.synthetic import write_cache
 
     write_cache(tmp_path / "cache", small_splits("both", rows=1500, missing_image=0.3))
     out = tmp_path / "ablation"

@@ -15,9 +15,10 @@ from conftest import assert_same_cache, cache_dir_of, load_all, with_flag, write
 from safetensors.torch import load_file, save_file
 
 from pipeline.__main__ import main
+from pipeline.bench.synthetic import write_cache
 from pipeline.data import splits as splits_module
 from pipeline.embed import cache, main_loop
-from pipeline.embed.cache import CachedSplit, write_cache
+from pipeline.embed.cache import CachedSplit
 from pipeline.errors import UserError
 from pipeline.model.config import HeadConfig
 from pipeline.model.head import FusionHead, load_head, save_head

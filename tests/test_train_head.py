@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.embed.cache import CachedSplit, write_cache
+from pipeline.bench.synthetic import write_cache
+from pipeline.embed.cache import CachedSplit
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead
 from pipeline.train.fit import fit, load_cached_splits, predict, to_features, train_head

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.embed.cache import write_cache
+from pipeline.bench.synthetic import write_cache
 from pipeline.train.bootstrap import MAX_RESAMPLES
 from pipeline.train.calibration import TEMPERATURE_RANGE, fit_usable_temperature
 from pipeline.train.class_checks import MIN_CALIBRATION_ROWS_PER_CLASS

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bench.synthetic import write_cache
 from pipeline.doctor.cli import DoctorConfig
 from pipeline.doctor.run import run_doctor
-from pipeline.embed.cache import CachedSplit, write_cache
+from pipeline.embed.cache import CachedSplit
 
 PLANTED = 100
 

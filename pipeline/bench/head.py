@@ -13,11 +13,10 @@ import time
 
 import torch
 
-from pipeline.embed.cache import write_cache
+from pipeline.bench.synthetic import make_splits, write_cache
 from pipeline.model.config import HeadConfig
 from pipeline.train.config import TrainConfig
 from pipeline.train.fit import load_cached_splits, train_head
-from pipeline.train.synthetic import make_splits
 
 
 def seconds_100k(rows=100_000, text_dim=768, image_dim=512, head_config=None, train_config=None, log=None):

@@ -14,8 +14,8 @@ share one pixel tensor (nothing writes to it), so 24 batches of 256 do not need 
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -25,7 +25,7 @@ from pipeline.data.splits import read_split
 from pipeline.device import resolve_device
 from pipeline.embed.loader import RowBatch
 from pipeline.embed.main_loop import embed_batches
-from pipeline.embed.writer import PartWriter
+from pipeline.embed.writer import PartJob, PartWriter
 
 DIMS = {"text": 768, "image": 512}  # BERT-base and ViT-B/32's vectors
 
@@ -44,14 +44,14 @@ def main_loop_ms_per_batch(batch_size=256, batches=24, tokens=24, part_rows=2048
                  for start in range(0, rows, batch_size)]
         warm = [_ready_batch(range(batch_size), pixels, tokens, device)]
         settings = ImageSettings()
-        config = SimpleNamespace(cache_dir=str(folder / "cache"), part_rows=part_rows, cache_dtype="float32",
-                                 on_bad_image="skip", on_empty_title="skip")
+        job = PartJob(folder=str(folder / "cache"), image_root=str(folder), part_rows=part_rows, max_length=16,
+                      batch_size=batch_size, num_workers=0)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _run(warm, warm_split, config, settings, device, folder / "warm-cache")  # one-off allocations, imports
+            _run(warm, warm_split, job, settings, device, folder / "warm-cache")  # one-off allocations, imports
             started, cpu_started = time.perf_counter(), time.thread_time()
-            parts = _run(ready, split, config, settings, device, folder / "cache", close=False)
+            parts = _run(ready, split, job, settings, device, folder / "cache", close=False)
             looped, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
             parts.close()
             drained = time.perf_counter() - started
@@ -63,11 +63,11 @@ def main_loop_ms_per_batch(batch_size=256, batches=24, tokens=24, part_rows=2048
             "main_loop_batch_size": batch_size, "main_loop_batches": batches, "main_loop_device": str(device)}
 
 
-def _run(batches, split, config, settings, device, cache_dir, close=True):
-    config = SimpleNamespace(**{**vars(config), "cache_dir": str(cache_dir)})
-    parts = PartWriter(split, config, DIMS)
+def _run(batches, split, job, settings, device, cache_dir, close=True):
+    job = replace(job, folder=str(cache_dir))
+    parts = PartWriter(split, job, DIMS)
     with torch.inference_mode():
-        embed_batches(None, batches, split, config, settings, device, parts, encode=_stand_in)
+        embed_batches(None, batches, split, job, settings, device, parts, encode=_stand_in)
     if close:
         parts.close()
     return parts

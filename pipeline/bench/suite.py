@@ -250,7 +250,8 @@ def bench_cache_load(work, rows, dims=(768, 512)):
     A 100-row cache is loaded first, so the one-off initialisation of Arrow's
     readers and allocator (the same for any size) is not counted as the split's.
     """
-    from pipeline.embed.cache import CachedSplit, write_cache
+    from pipeline.bench.synthetic import write_cache
+    from pipeline.embed.cache import CachedSplit
 
     rng = np.random.default_rng(0)
     for name, n in (("warm-up", 100), ("load-cache", rows)):
@@ -275,7 +276,7 @@ def bench_cache_load(work, rows, dims=(768, 512)):
 
 def bench_cache_dtype(cache_dir, work):
     """Bytes per row with float32 and float16 storage, and the test macro-F1 change float16 causes."""
-    from pipeline.embed.cache import write_cache
+    from pipeline.bench.synthetic import write_cache
     from pipeline.model.config import HeadConfig
     from pipeline.train.config import TrainConfig
     from pipeline.train.fit import train_head

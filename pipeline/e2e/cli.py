@@ -11,11 +11,13 @@ from pipeline.config import add_config_arguments, config_from_args, configs_from
 from pipeline.e2e.config import TRAIN_DEFAULTS, TRAIN_FIELDS_UNUSED, FinetuneConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.model.config import HeadConfig
-from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
 
 # Stage one's flags that make no sense here (the cache) get a placeholder.
 _UNUSED_EMBED_FLAGS = {"cache_dir": "-"}
+
+
+WRITES_REPORT = True  # __main__ adds --report/--no-report and writes the page of args.report_folder
 
 
 def add_arguments(parser):
@@ -27,7 +29,6 @@ def add_arguments(parser):
                          skip=("text_dim", "image_dim"))
     add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
                          defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
-    add_report_argument(parser)
 
 
 def run(args):
@@ -38,5 +39,5 @@ def run(args):
     out = run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train),
                        command_line=getattr(args, "command_line", None))
     if int(os.environ.get("RANK", "0")) == 0:  # one process writes the run folder under torchrun
-        report_if_asked(args, out)
+        args.report_folder = out  # __main__ writes its page (--report)
     return 0

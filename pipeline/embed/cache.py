@@ -411,24 +411,3 @@ def write_partial(path, rows):
     """partial.tsv: one (split, id, missing, reason) line per row kept with one modality, under a header."""
     lines = ["split\tid\tmissing\treason"] + ["\t".join(row) for row in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory"):
-    """Write in-memory `CachedSplit`s as a complete cache (tests and benchmarks)."""
-    dims = None
-    for split, data in splits.items():
-        dims = {"text": data.text_emb.shape[1], "image": data.image_emb.shape[1]}
-        for index, start in enumerate(range(0, len(data), part_rows)):
-            rows = slice(start, start + part_rows)
-            partial = [{"id": str(data.ids[i]), "row": i, "missing": "image" if data.has_text[i] else "text",
-                        "reason": "synthetic"} for i in range(len(data))[rows]
-                       if not (data.has_text[i] and data.has_image[i])]
-            digests = None if data.image_sha256 is None else data.image_sha256[rows]
-            phashes = None if data.image_phash is None else data.image_phash[rows]
-            write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
-                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype,
-                       has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial,
-                       image_sha256=digests, image_phash=phashes)
-    write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
-    return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
-                    inputs={}, dims=dims, config={"cache_dtype": dtype})

@@ -17,12 +17,6 @@ def add_report_argument(parser):
                         help=f"write {PAGE_NAME}, one self-contained HTML page of the results, into the folder")
 
 
-def report_if_asked(args, folder, log=print):
-    if args.report:  # a non-empty run folder took --overwrite (or --resume) already
-        out = write_report(folder, overwrite=getattr(args, "overwrite", False))
-        log(f"Report: {out} ({out.stat().st_size / 1024:.0f} KB)")
-
-
 def kind_of(folder):
     """'ablation' or 'run', as the folder's run record says (pipeline.runs.record), or an error naming what
     is missing."""

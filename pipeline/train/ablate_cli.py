@@ -15,8 +15,9 @@ from dataclasses import asdict, replace
 from pipeline.config import add_config_arguments, configs_from_args
 from pipeline.files import output_folder, write_json_atomic, write_text_atomic
 from pipeline.model.config import FUSIONS, MODALITIES, HeadConfig
-from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
+
+WRITES_REPORT = True  # __main__ adds --report/--no-report and writes the page of args.report_folder
 
 
 def add_arguments(parser):
@@ -40,7 +41,6 @@ def add_arguments(parser):
                         help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
-    add_report_argument(parser)
 
 
 def _words(text):
@@ -105,5 +105,5 @@ def run(args):
     print(table, end="")
     plot_ablation(runs, out / "ablation_f1.png")
     print(f"Ablation folder: {out} (ablation.csv, comparisons.csv, ablation.md, ablation_f1.png, config.json)")
-    report_if_asked(args, out)
+    args.report_folder = out  # __main__ writes its page (--report)
     return 0

@@ -15,8 +15,9 @@ from dataclasses import replace
 
 from pipeline.config import add_config_arguments, configs_from_args
 from pipeline.model.config import HeadConfig
-from pipeline.report.build import add_report_argument, report_if_asked
 from pipeline.train.config import TrainConfig
+
+WRITES_REPORT = True  # __main__ adds --report/--no-report and writes the page of args.report_folder
 
 
 def add_arguments(parser):
@@ -32,7 +33,6 @@ def add_arguments(parser):
                              "--write-clean-ids` writes it, or one id a line")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig)
-    add_report_argument(parser)
 
 
 def run(args):
@@ -85,5 +85,5 @@ def run(args):
           f"; the rule: {decision['rule']}; val has {decision['rows_per_class']} rows per class)")
     print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
           f"{result.seconds:.1f} s)")
-    report_if_asked(args, out)
+    args.report_folder = out  # __main__ writes its page (--report)
     return 0

@@ -1,4 +1,5 @@
-"""Synthetic caches whose labels depend on the embeddings in a known way (tests, benchmarks, demos).
+"""Synthetic caches whose labels depend on the embeddings in a known way, written as complete caches
+(`write_cache`): the benchmarks' data (head, doctor, cache figures), which the tests use too.
 
 Each modality carries a hidden score along one random unit direction plus
 Gaussian noise elsewhere; `signal` says how the label is made from the scores:
@@ -9,9 +10,12 @@ Gaussian noise elsewhere; `signal` says how the label is made from the scores:
            modality alone is at chance, only a head that fuses them can learn it
 """
 
+from pathlib import Path
+
 import numpy as np
 
-from pipeline.embed.cache import CachedSplit
+from pipeline.embed.cache import FINGERPRINT_NAME, CachedSplit, finalize, part_path, write_part
+from pipeline.files import write_json_atomic
 
 SIGNALS = ("text", "both", "xor")
 
@@ -59,3 +63,24 @@ def _embed(rng, score, dim, strength):
     matrix = rng.standard_normal((score.size, dim), dtype=np.float32)
     matrix += (strength * score[:, None] * direction[None, :]).astype(np.float32)
     return matrix
+
+
+def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory"):
+    """Write in-memory `CachedSplit`s as a complete cache, as stage one would leave it."""
+    dims = None
+    for split, data in splits.items():
+        dims = {"text": data.text_emb.shape[1], "image": data.image_emb.shape[1]}
+        for index, start in enumerate(range(0, len(data), part_rows)):
+            rows = slice(start, start + part_rows)
+            partial = [{"id": str(data.ids[i]), "row": i, "missing": "image" if data.has_text[i] else "text",
+                        "reason": "synthetic"} for i in range(len(data))[rows]
+                       if not (data.has_text[i] and data.has_image[i])]
+            digests = None if data.image_sha256 is None else data.image_sha256[rows]
+            phashes = None if data.image_phash is None else data.image_phash[rows]
+            write_part(part_path(cache_dir, split, index), data.ids[rows], data.labels[rows],
+                       data.text_emb[rows], data.image_emb[rows], skipped=[], dtype=dtype,
+                       has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial,
+                       image_sha256=digests, image_phash=phashes)
+    write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
+    return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
+                    inputs={}, dims=dims, config={"cache_dtype": dtype})
