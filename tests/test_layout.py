@@ -47,6 +47,40 @@ def test_other_rooms_use_only_public_names_of_other_rooms(room):
                 assert not private, f"{path.relative_to(PACKAGE)} imports private {private} from {module}"
 
 
+# Every room, lowest first: a room imports only rooms before it, so no two rooms import each other (train
+# never imports report, which reads train's folders; `__main__` writes a command's page).
+ROOMS = ("data", "model", "embed", "runs", "doctor", "train", "e2e", "predict", "report", "compare", "serve", "bench")
+
+
+def upward_imports(room):
+    """(file, module) of each import in `room` of a room not before it in ROOMS."""
+    allowed = set(ROOMS[:ROOMS.index(room)])
+    for path in sorted((PACKAGE / room).glob("*.py")):
+        for module, _ in imports(path):
+            other = room_of(module)
+            if other and other != room and (PACKAGE / other).is_dir() and other not in allowed:
+                yield path.relative_to(PACKAGE), module
+
+
+def test_every_room_is_in_the_order():
+    assert sorted(ROOMS) == sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_rooms_import_only_the_rooms_below_them(room):
+    assert not list(upward_imports(room))
+
+
+def test_the_direction_checker_sees_an_upward_import(tmp_path, monkeypatch):
+    """A train file that imported report (the cycle this rule removed) would be caught."""
+    fake = tmp_path / "pipeline"
+    (fake / "train").mkdir(parents=True)
+    (fake / "report").mkdir()
+    (fake / "train" / "cli.py").write_text("def run():\n    from pipeline.report.build import write_report\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    assert list(upward_imports("train")) == [(Path("train/cli.py"), "pipeline.report.build")]
+
+
 def test_the_rule_checker_sees_a_violation(tmp_path):
     """The checks above would fail on a private import: the reader finds imports inside functions too."""
     path = tmp_path / "bad.py"

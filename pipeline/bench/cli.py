@@ -114,7 +114,7 @@ def run(args):
 
 
 def _finish(out, results):
-    from pipeline.bench.suite import write_results
+    from pipeline.bench.results import write_results
 
     out = write_results(out, results)
     print((out / "results.md").read_text())

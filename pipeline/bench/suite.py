@@ -19,7 +19,6 @@ Keys of results.json (see the README's benchmark table):
   doctor.seconds_100k_20k            `doctor` on 100,000 train x 20,000 val+test synthetic rows (bench/doctor.py)
 """
 
-import json
 import platform
 import subprocess
 import sys
@@ -347,39 +346,6 @@ def head_vs_e2e_epoch(cache_dir, data):
     e2e_seconds = time.perf_counter() - started
     return {"head_epoch_s": round(head_seconds, 4), "e2e_epoch_s": round(e2e_seconds, 2),
             "epoch_rows": len(split), "speedup_vs_e2e": round(e2e_seconds / head_seconds, 1)}
-
-
-def write_results(out, results):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    return out
-
-
-def markdown(results):
-    lines = [f"Machine: {results['machine']}", "", "| figure | value | target |", "|---|---|---|"]
-    for key, value, target in flatten_figures(results):
-        lines.append(f"| `{key}` | {value} | {target} |")
-    return "\n".join(lines) + "\n"
-
-
-TARGETS = {"efficiency": ">= 0.9 (base)", "vs_embed": ">= 0.9", "speedup_vs_naive": ">= 3", "seconds_100k": "<= 30 s",
-           "rss_growth": "<= 1.1", "seconds_100k_20k": "< 60 s (2 CPU cores)", "load_overhead": "<= 1.3",
-           "cosine_min": ">= 0.999", "vs_predict": ">= 0.8", "matches_predict": "1.0",
-           "vs_reference.preview": "<= 0.65", "vs_reference.photo": "<= 0.9", "max_level_diff": "<= 2",
-           "main_loop_ms_per_batch": "<= 5", "busy_vs_quiet": "<= 2"}
-
-
-def flatten_figures(results, prefix=""):
-    for key, value in results.items():
-        if key == "machine":
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from flatten_figures(value, name + ".")
-        else:
-            yield name, value, TARGETS.get(".".join(name.split(".")[-2:]), TARGETS.get(key, ""))
 
 
 class gpu_utilisation:

@@ -29,10 +29,11 @@ import pyarrow.parquet as pq
 from pipeline.data.phash import WORDS
 from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
 from pipeline.embed.hash_column import phash_array, phash_matrix
+from pipeline.embed.manifest import MANIFEST_NAME, MAX_DIM, READABLE_VERSIONS, check_manifest, read_manifest  # noqa: F401 (read through cache., as before the manifest had its module)
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
 from pipeline.errors import UserError
-from pipeline.files import file_sha256, read_json_object, write_atomic, write_json_atomic, write_text_atomic
+from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
 # 2 added has_text/has_image columns, null vectors for a missing half and partial.tsv; 3 added `image_sha256`
 # (the image file's SHA-256, for `doctor`'s exact-duplicate check); 4 added `image_phash` (uint64 perceptual
@@ -43,8 +44,6 @@ from pipeline.files import file_sha256, read_json_object, write_atomic, write_js
 # cache of the same inputs stays up to date; `doctor` then says its perceptual check needs a new cache.
 FORMAT_VERSION = 4
 FINGERPRINT_FORMAT = 3
-READABLE_VERSIONS = (1, 2, 3, 4)
-MANIFEST_NAME = "manifest.json"
 FINGERPRINT_NAME = "fingerprint.json"
 SKIPPED_NAME = "skipped.tsv"
 PARTIAL_NAME = "partial.tsv"
@@ -190,60 +189,6 @@ def missing_parts(cache_dir, manifest):
     """Part files the manifest lists that are not on disk."""
     return [Path(cache_dir) / split / part["file"] for split, info in manifest["splits"].items()
             for part in info["parts"] if not (Path(cache_dir) / split / part["file"]).is_file()]
-
-
-def read_manifest(cache_dir):
-    """The manifest of a complete cache, checked for format; a clear error otherwise."""
-    path = Path(cache_dir) / MANIFEST_NAME
-    manifest = read_json_object(
-        path, f"no manifest, so {cache_dir} is not a complete cache; "
-              "run `python -m pipeline embed --cache-dir ...` (or `make embed`) first",
-        "delete the cache folder and re-embed")
-    return check_manifest(manifest, path)
-
-
-MAX_DIM = 1 << 16  # no encoder we know of is wider; caps what a manifest can make us allocate
-
-
-def check_manifest(manifest, path):
-    """The manifest's shape, checked before any of it is used: one clear error naming the first problem."""
-    def bad(what):
-        raise UserError(f"{path}: {what}; this is not a manifest this tool wrote: re-embed the cache "
-                        "(`python -m pipeline embed` into a new --cache-dir)")
-
-    if not isinstance(manifest, dict):
-        bad(f"expected a JSON object, found {type(manifest).__name__}")
-    version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise UserError(
-            f"{path}: cache format {version!r}, this version reads formats "
-            f"{', '.join(map(str, READABLE_VERSIONS))}; "
-            "re-embed with `make embed` to rebuild it"
-        )
-    dims = manifest.get("dims")
-    if not (isinstance(dims, dict) and all(_whole(dims.get(m), 1, MAX_DIM) for m in ("text", "image"))):
-        bad(f"dims {dims!r} are not two widths between 1 and {MAX_DIM} (text, image)")
-    splits = manifest.get("splits")
-    if not isinstance(splits, dict):
-        bad(f"splits is {type(splits).__name__}, expected an object")
-    for name, info in splits.items():
-        parts = info.get("parts") if isinstance(info, dict) else None
-        if not (isinstance(name, str) and name and "/" not in name and not name.startswith(".")
-                and isinstance(parts, list) and _whole(info.get("rows_embedded"), 0)):
-            bad(f"split {name!r} is not an object with rows_embedded and a list of parts")
-        for part in parts:
-            if not (isinstance(part, dict) and isinstance(part.get("file"), str) and PART_NAME.match(part["file"])
-                    and _whole(part.get("rows"), 0) and isinstance(part.get("sha256"), str)):
-                bad(f"split {name!r} lists a part {str(part)[:80]!r} that is not "
-                    "{file: part-NNNNN.parquet, rows, sha256}")
-        if sum(part["rows"] for part in parts) != info["rows_embedded"]:
-            bad(f"split {name!r}: its parts' rows do not add up to rows_embedded {info['rows_embedded']}")
-    return manifest
-
-
-def _whole(value, minimum, maximum=None):
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-            and (maximum is None or value <= maximum))
 
 
 def _check_fits_in_memory(path, rows, width):

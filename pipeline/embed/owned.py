@@ -136,7 +136,7 @@ def staged_manifest(cache_dir):
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    from pipeline.embed.cache import check_manifest  # cache imports this module
+    from pipeline.embed.manifest import check_manifest  # manifest imports this module
 
     check_manifest(manifest, path)
     return manifest
