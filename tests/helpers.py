@@ -20,3 +20,17 @@ def small_head(**overrides):
 
 def small_train(**overrides):
     return replace(TrainConfig(lr=3e-3, batch_size=256, max_epochs=40, patience=4, device="cpu"), **overrides)
+
+
+def trained_run(root, bert, clip, *train_flags):
+    """conftest's default data set under `root`, embedded with `bert` / `clip` and a small head trained on it:
+    {"root", "data", "run"} (the run folder of `train-head ... *train_flags`)."""
+    from conftest import embed_flags, make_dataset
+
+    from pipeline.__main__ import main
+
+    data = make_dataset(root / "data")
+    assert main(embed_flags(data, bert, clip, root / "cache")) == 0
+    assert main(["train-head", "--cache-dir", str(root / "cache"), "--out", str(root / "run"), *SMALL_FLAGS,
+                 *train_flags]) == 0
+    return {"root": root, "data": data, "run": root / "run"}

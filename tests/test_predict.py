@@ -22,7 +22,7 @@ from pipeline.errors import UserError
 from pipeline.predict import encoders as guard
 from pipeline.predict.run import read_results
 from pipeline.runs.record import read_run
-from tests.helpers import SMALL_FLAGS
+from tests.helpers import SMALL_FLAGS, trained_run
 
 
 def drop_labels(path, out):
@@ -41,12 +41,7 @@ def predict_flags(run, input_path, out, image_root, *extra):
 
 @pytest.fixture(scope="module")
 def head_run(tmp_path_factory, tiny_bert, tiny_clip):
-    root = tmp_path_factory.mktemp("predict")
-    data = make_dataset(root / "data")
-    assert main(embed_flags(data, tiny_bert, tiny_clip, root / "cache")) == 0
-    assert main(["train-head", "--cache-dir", str(root / "cache"), "--out", str(root / "run"), *SMALL_FLAGS,
-                 "--max-epochs", "3"]) == 0
-    return {"root": root, "data": data, "run": root / "run"}
+    return trained_run(tmp_path_factory.mktemp("predict"), tiny_bert, tiny_clip, "--max-epochs", "3")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import embed_flags, make_dataset
+from conftest import embed_flags
 from PIL import Image
 
 from pipeline import Classifier
@@ -15,17 +15,13 @@ from pipeline.__main__ import main
 from pipeline.embed import cache
 from pipeline.errors import UserError
 from pipeline.predict.run import read_results
-from tests.helpers import SMALL_FLAGS
+from tests.helpers import trained_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_bert, tiny_clip):
-    root = tmp_path_factory.mktemp("hostile-predict")
-    data = make_dataset(root / "data")
-    assert main(embed_flags(data, tiny_bert, tiny_clip, root / "cache")) == 0
-    assert main(["train-head", "--cache-dir", str(root / "cache"), "--out", str(root / "run"), *SMALL_FLAGS,
-                 "--max-epochs", "2", "--no-report"]) == 0
-    return {"root": root, "data": data, "run": root / "run"}
+    return trained_run(tmp_path_factory.mktemp("hostile-predict"), tiny_bert, tiny_clip, "--max-epochs", "2",
+                       "--no-report")
 
 
 @pytest.fixture(scope="module")

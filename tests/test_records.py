@@ -302,6 +302,17 @@ def test_a_legacy_folder_still_predicts_its_own_probabilities(legacy, tiny_bert,
     assert json.loads(Path(f"{out}.meta.json").read_text())["warnings"] == []  # the same encoders by content
 
 
+def test_a_legacy_folder_still_compares(legacy, tmp_path, capsys):
+    """compare reads a folder of today's format through the inferred record: against a copy of itself every
+    difference is 0 on all its test rows."""
+    twin = Path(shutil.copytree(legacy, tmp_path / "twin"))
+    assert main(["compare", str(legacy), str(twin), "--out", str(tmp_path / "cmp"), "--bootstrap", "50"]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    rows = len(pd.read_csv(LEGACY / "predictions_test.csv"))
+    assert (table["difference"] == 0).all() and (table["rows"] == rows).all()
+    assert not (legacy / "run.json").exists() and "0 unshared" in capsys.readouterr().out
+
+
 def test_a_legacy_finetune_e2e_folder_is_known_by_its_command(legacy):
     """finetune-e2e folders of today's format have no run.json either: their config's command says the kind,
     and its data flags say which split files the report's worst errors come from."""

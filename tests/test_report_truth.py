@@ -47,12 +47,28 @@ def rebuilt(tmp_path_factory, tiny_bert, tiny_clip):
     _train(cache, root / "run-a")
     assert main(["doctor", "--cache-dir", str(cache), "--device", "cpu"]) == 0
     assert json.loads((cache / "doctor" / "doctor.json").read_text())["fingerprint"] == fingerprint_a
+    before = {path: path.read_bytes() for path in cache.rglob("*") if path.is_file()}
+    assert main(embed_flags(data, bert_b, tiny_clip, cache)) == 2  # another model: refused by default ...
+    assert {path: path.read_bytes() for path in cache.rglob("*") if path.is_file()} == before  # ... nothing changed
     assert main([*embed_flags(data, bert_b, tiny_clip, cache), "--on-stale", "rebuild"]) == 0
     fingerprint_b = json.loads((cache / "manifest.json").read_text())["fingerprint"]
     assert fingerprint_b != fingerprint_a
     _train(cache, root / "run-b")
-    return {"root": root, "cache": cache, "bert_a": tiny_bert, "bert_b": bert_b, "a": fingerprint_a,
+    return {"root": root, "data": data, "cache": cache, "bert_a": tiny_bert, "bert_b": bert_b, "a": fingerprint_a,
             "b": fingerprint_b}
+
+
+def test_run_a_still_predicts_with_its_own_encoders_after_the_rebuild(rebuilt, tmp_path):
+    import pandas as pd
+
+    run, out = rebuilt["root"] / "run-a", tmp_path / "a.csv"
+    assert main(["predict", "--run", str(run), "--input", str(rebuilt["data"] / "test.tsv"), "--out", str(out),
+                 "--image-root", str(rebuilt["data"]), "--device", "cpu", "--num-workers", "0"]) == 0
+    predicted = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    saved = pd.read_csv(run / "predictions_test.csv", dtype={"id": str}).set_index("id")
+    assert (predicted.loc[saved.index, "prob_real"] - saved["prob_real"]).abs().max() < 1e-5
+    assert json.loads(out.with_name("a.csv.meta.json").read_text())["encoders"]["text_model"]["path"] \
+        == str(rebuilt["bert_a"])
 
 
 def test_the_report_of_run_a_names_model_a_and_shows_the_banner(rebuilt, tmp_path):
