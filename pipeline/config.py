@@ -102,15 +102,16 @@ def add_config_arguments(parser, config_class, defaults=None, skip=()):
         default = defaults.get(spec.name, spec.default if has_default else None)
         help_text = spec.metadata.get("help", "")
         names = (*spec.metadata.get("aliases", ()), flag(spec.name))  # one dest, however many spellings
+        shown = {"metavar": names[0][2:].replace("-", "_").upper()} if spec.type is not bool else {}
         if spec.type is bool:
             parser.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
         elif spec.type is tuple:
             parser.add_argument(*names, dest=spec.name, type=_comma_list, default=default, required=not has_default,
-                                help=help_text + " (comma-separated)")
+                                help=help_text + " (comma-separated)", **shown)
         else:
             parser.add_argument(*names, dest=spec.name, type=_optional(spec.type), default=default,
-                                required=not has_default, help=help_text)
+                                required=not has_default, help=help_text, **shown)
 
 
 def config_from_args(config_class, args, **extra):

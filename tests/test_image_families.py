@@ -34,6 +34,7 @@ from pipeline.model.batch import pixel_values
 from pipeline.model.checkpoint import apply_clip_checkpoint
 from pipeline.model.families import GENERIC_IMAGE, IMAGE_FAMILIES, image_family
 from pipeline.model.image_encoder import load_image_encoder, resolve_embedding
+from pipeline.runs.encoders import read_encoders
 from tests.helpers import SMALL_FLAGS
 
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
@@ -165,8 +166,10 @@ def test_each_image_family_through_embed_train_head_and_predict(family, towers, 
     manifest = cache.read_manifest(tmp_path / "cache")
     embedding, width = EXPECTED[family]
     assert manifest["inputs"]["image"]["embedding"] == embedding and manifest["dims"]["image"] == width
+    assert manifest["config"]["image_family"] == family
     assert main(["train-head", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
                  *SMALL_FLAGS, "--max-epochs", "2"]) == 0
+    assert read_encoders(tmp_path / "run")["image_family"] == family  # the run names its image tower's family
     out = tmp_path / "pred.csv"
     assert main(["predict", "--run", str(tmp_path / "run"), "--input", str(small_data / "test.tsv"), "--out",
                  str(out), "--image-root", str(small_data), "--device", "cpu", "--num-workers", "0"]) == 0
