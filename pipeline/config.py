@@ -19,9 +19,10 @@ from pipeline.errors import UserError
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def help_field(text, **kwargs):
-    """A dataclass field whose `--help` text is `text` (default and other field options in kwargs)."""
-    return dataclasses.field(metadata={"help": text}, **kwargs)
+def help_field(text, aliases=(), **kwargs):
+    """A dataclass field whose `--help` text is `text` (default and other field options in kwargs); `aliases` are
+    more flags for it (e.g. `--image-model` beside the field's own `--clip-model`), shown first in `--help`."""
+    return dataclasses.field(metadata={"help": text, "aliases": tuple(aliases)}, **kwargs)
 
 
 def flag(name):
@@ -100,14 +101,17 @@ def add_config_arguments(parser, config_class, defaults=None, skip=()):
         has_default = spec.default is not dataclasses.MISSING or spec.name in defaults
         default = defaults.get(spec.name, spec.default if has_default else None)
         help_text = spec.metadata.get("help", "")
+        names = (*spec.metadata.get("aliases", ()), flag(spec.name))  # one dest, however many spellings
+        shown = {"metavar": names[0][2:].replace("-", "_").upper()} if spec.type is not bool else {}
         if spec.type is bool:
-            parser.add_argument(flag(spec.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(*names, dest=spec.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
         elif spec.type is tuple:
-            parser.add_argument(flag(spec.name), type=_comma_list, default=default, required=not has_default,
-                                help=help_text + " (comma-separated)")
+            parser.add_argument(*names, dest=spec.name, type=_comma_list, default=default, required=not has_default,
+                                help=help_text + " (comma-separated)", **shown)
         else:
-            parser.add_argument(flag(spec.name), type=_optional(spec.type), default=default,
-                                required=not has_default, help=help_text)
+            parser.add_argument(*names, dest=spec.name, type=_optional(spec.type), default=default,
+                                required=not has_default, help=help_text, **shown)
 
 
 def config_from_args(config_class, args, **extra):

@@ -71,7 +71,7 @@ PREDICT_CASES = {
     "encoders: image.mean of length 2": ("encoders.json", as_json(put("image.mean", [0.5, 0.5])), "'image.mean'"),
     "encoders: pooling not a choice": ("encoders.json", as_json(put("pooling", "avg")), "not one of: cls, mean"),
     "encoders: embedding not a choice": ("encoders.json", as_json(put("clip_embedding", "middle")),
-                                         "'clip_embedding' is 'middle', not one of: projected, pooled"),
+                                         "'clip_embedding' is 'middle', not one of: projected, pooled, cls"),
     "encoders: threshold NaN": ("encoders.json", as_json(put("threshold", float("nan"))),
                                 "'threshold' is nan, expected a number"),
     "encoders: threshold 7": ("encoders.json", as_json(put("threshold", 7)), "'threshold' is 7, outside [0, 1]"),

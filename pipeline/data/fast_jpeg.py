@@ -31,7 +31,7 @@ def decode(data, settings):
         return None
     if colorspace != "YCbCr" or width * height > _pixel_cap(settings) or _oriented(data):
         return None  # Pillow decodes it, or refuses it with its reason
-    scale = _draft_scale(width, height, settings.size) if settings.draft else 1
+    scale = _draft_scale(width, height, settings.resize_side) if settings.draft else 1
     size = (-(-height // scale), -(-width // scale))
     try:
         pixels = simplejpeg.decode_jpeg(data, "RGB", min_factor=scale, min_height=size[0], min_width=size[1])

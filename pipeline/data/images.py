@@ -1,8 +1,10 @@
 """Safe, fast image loading: root containment, a pixel cap, any mode to RGB.
 
-`load_image` returns a (S, S, 3) uint8 array already resized (shortest side to
-S, bicubic) and centre-cropped the way CLIP's image processor does it, or
-raises `BadImage` with a short reason that goes into `skipped.tsv`.
+`load_image` returns a (S, S, 3) uint8 array already resized and centre-cropped
+the way the image model's own Hugging Face image processor does it (CLIP and
+DINOv2: shortest side, then a centre crop; SigLIP and ViT: straight to a square;
+bicubic or bilinear, as its preprocessor_config.json says), or raises `BadImage`
+with a short reason that goes into `skipped.tsv`.
 Normalisation happens later on whole batches (`pipeline.model.batch.pixel_values`),
 so the per-image work in the DataLoader workers is decode + resize only.
 """
@@ -11,19 +13,18 @@ import errno
 import functools
 import hashlib
 import io
-import json
 import math
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.data import fast_jpeg
-from pipeline.errors import UserError
+from pipeline.data.preprocessor import read_preprocessor
 
 DEFAULT_MAX_PIXELS = 100_000_000  # well above any real photo; refuses decompression bombs
 MAX_FILE_BYTES = 512 << 20  # the file is read whole (hash and decode from one read): no photo is this big
@@ -49,55 +50,38 @@ class ImageSettings:
     std: tuple = CLIP_STD
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True  # JPEG decodes at reduced scale when the photo is much larger than `size`
+    # How the image becomes S x S before the centre crop to `size`; the defaults are CLIP's (and every cache's
+    # before image families), and `record` leaves them out, so a CLIP user's fingerprint stays as it was.
+    resize: str = "shortest_edge"
+    resize_to: int = None  # the shortest side (or the square's side) before the crop; None: `size`
+    resample: str = "bicubic"
+
+    @property
+    def resize_side(self):
+        return self.resize_to or self.size
+
+    def record(self):
+        """The settings as the fingerprint and encoders.json store them: CLIP's defaults of the later fields left
+        out, so a record written before them and one written after for the same folder are equal."""
+        values = asdict(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     @classmethod
     def from_model_folder(cls, folder, **overrides):
-        """Read size/mean/std from a CLIP folder's preprocessor_config.json when it has one, checked."""
+        """Read the resize, crop, resample, mean and std from the image model folder's preprocessor_config.json
+        when it has one, checked (pipeline.data.preprocessor); CLIP's defaults otherwise."""
         path = Path(folder) / "preprocessor_config.json"
         values = {}
         if path.is_file():
-            values = _read_preprocessor(path)
+            values = read_preprocessor(path)
         values.update(overrides)
         return cls(**values)
 
 
-MAX_IMAGE_SIZE = 4096  # no CLIP we know of takes more than 1024; caps the pixels a config can ask for
-
-
-def _read_preprocessor(path):
-    def bad(what):
-        raise UserError(f"{path}: {what}; fix preprocessor_config.json (CLIP's is crop_size 224, image_mean "
-                        "[0.4815, 0.4578, 0.4082], image_std [0.2686, 0.2613, 0.2758])")
-
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        bad(f"not valid JSON ({error})")
-    if not isinstance(config, dict):
-        bad(f"expected a JSON object, found {type(config).__name__}")
-    values = {}
-    crop = config.get("crop_size")
-    if crop is not None:
-        if isinstance(crop, dict):
-            height, width = crop.get("height"), crop.get("width", crop.get("height"))
-            if height != width:
-                bad(f"crop_size {crop!r} is not square; this pipeline crops square images as CLIP does")
-            crop = height
-        if not (isinstance(crop, int) and not isinstance(crop, bool) and 1 <= crop <= MAX_IMAGE_SIZE):
-            bad(f"crop_size {config['crop_size']!r} is not a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
-        values["size"] = crop
-    for key, name, minimum in (("image_mean", "mean", None), ("image_std", "std", 0)):
-        value = config.get(key)
-        if value is None:
-            continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value] * 3
-        if not (isinstance(value, list) and len(value) == 3
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                        and (minimum is None or v > minimum) for v in value)):
-            bad(f"{key} {value!r} is not three finite numbers" + (" above 0" if minimum is not None else ""))
-        values[name] = tuple(float(v) for v in value)
-    return values
+_LATER_DEFAULTS = {"resize": "shortest_edge", "resize_to": None, "resample": "bicubic"}
 
 
 @functools.lru_cache(maxsize=16)
@@ -200,7 +184,7 @@ def _read_all(fd, size):
 def _decode(data, relative, settings):
     pixels = fast_jpeg.decode(data, settings)  # None unless simplejpeg is installed and the JPEG is plain
     if pixels is not None:
-        return resize_and_crop(pixels, settings.size)
+        return fit(pixels, settings)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -224,7 +208,7 @@ def image_pixels(image, settings, name="image"):
         if width * height > settings.max_pixels:
             raise BadImage("too_many_pixels", f"{width}x{height}")
         if settings.draft:
-            _request_draft(image, settings.size)  # a no-op on an image already loaded
+            _request_draft(image, settings.resize_side)  # a no-op on an image already loaded
         image.seek(0)  # animated GIF/WebP: first frame
         image.load()
         rgb = to_rgb(upright(image))
@@ -232,7 +216,7 @@ def image_pixels(image, settings, name="image"):
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise BadImage("truncated_or_corrupt", f"{name}: {error}") from None
-    return resize_and_crop(rgb, settings.size)
+    return fit(rgb, settings)
 
 
 _ORIENTATION_TAG = 0x0112  # EXIF Orientation; 1 = upright, 2-8 = mirrored and/or rotated
@@ -272,33 +256,40 @@ def to_rgb(image):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def resize_and_crop(image, size):
-    """Shortest side to `size` (bicubic), then the central size x size square: (S, S, 3) uint8.
+def fit(image, settings):
+    """An RGB image (Pillow or (H, W, 3) uint8) -> (S, S, 3) uint8 as the settings' image processor makes it."""
+    return resize_and_crop(image, settings.size, settings.resize_side, settings.resize == "square", settings.resample)
+
+
+def resize_and_crop(image, size, resize_to=None, square=False, resample="bicubic"):
+    """Shortest side to `resize_to` (default `size`; or both sides, `square`), then the central size x size square:
+    (S, S, 3) uint8, as Hugging Face's image processors resize and crop.
 
     `image` is an RGB Pillow image or an (H, W, 3) uint8 array (as the simplejpeg path decodes it).
 
-    The resize is torch's antialiased bicubic on uint8 (Pillow's filter, a = -0.5, and its fixed-point
+    The resize is torch's antialiased bicubic (or bilinear) on uint8 (Pillow's filters and their fixed-point
     rounding, about 3x faster than Pillow here); it stays within 2 levels of Pillow's resize on photos
     and previews (tests/test_golden_pixels.py, against pipeline/bench/reference_loader.py).
     """
+    resize_to = resize_to or size
     is_array = isinstance(image, np.ndarray)
     width, height = (image.shape[1], image.shape[0]) if is_array else image.size
     short, long = (width, height) if width <= height else (height, width)
-    new_long = int(size * long / short)
-    new_size = (size, new_long) if width <= height else (new_long, size)
+    new_long = resize_to if square else int(resize_to * long / short)
+    new_size = (resize_to, new_long) if width <= height else (new_long, resize_to)
     left = (new_size[0] - size) // 2
     top = (new_size[1] - size) // 2
-    if new_long > _MAX_ASPECT * size:
+    if new_long > _MAX_ASPECT * resize_to:
         image = Image.fromarray(image) if is_array else image
         # A 1 x 100,000 strip would be resized to 224 x 22.4M pixels (15 GB) before the crop;
         # resample only the source box that the crop keeps.
         sx, sy = width / new_size[0], height / new_size[1]
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
+        return np.asarray(image.resize((size, size), _PIL_FILTERS[resample], box=box), dtype=np.uint8)
     pixels = image if is_array else np.array(image, dtype=np.uint8)  # writable: torch shares it, no copy
     if new_size == (width, height):
         return np.ascontiguousarray(pixels[top:top + size, left:left + size])
-    planes = _torch_bicubic(pixels, new_size)[:, top:top + size, left:left + size]  # (3, S, S)
+    planes = _torch_resize(pixels, new_size, resample)[:, top:top + size, left:left + size]  # (3, S, S)
     # torch returns planes (C, H, W); three plane copies interleave them 4x faster than one strided copy.
     out = np.empty((size, size, 3), dtype=np.uint8)
     for channel in range(3):
@@ -306,10 +297,13 @@ def resize_and_crop(image, size):
     return out
 
 
-def _torch_bicubic(pixels, new_size):
-    """(H, W, 3) uint8 -> (3, new_size[1], new_size[0]) uint8 planes with torch's antialiased bicubic."""
+_PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def _torch_resize(pixels, new_size, resample="bicubic"):
+    """(H, W, 3) uint8 -> (3, new_size[1], new_size[0]) uint8 planes with torch's antialiased bicubic/bilinear."""
     import torch  # here, not at the top: `--help` and the table readers never import torch
     from torch.nn.functional import interpolate
 
     batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W), channels-last strides
-    return interpolate(batch, size=(new_size[1], new_size[0]), mode="bicubic", antialias=True)[0].numpy()
+    return interpolate(batch, size=(new_size[1], new_size[0]), mode=resample, antialias=True)[0].numpy()

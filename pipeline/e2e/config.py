@@ -26,10 +26,11 @@ class FinetuneConfig:
 
     out: str = help_field("run folder", default="runs/e2e")
     train_text: str = help_field(f"text encoder: {', '.join(TEXT_MODES)}", default="full")
-    train_image: str = help_field(f"CLIP image encoder: {', '.join(IMAGE_MODES)}", default="lora")
+    train_image: str = help_field(f"image encoder: {', '.join(IMAGE_MODES)}", default="lora")
     lora_rank: int = help_field("rank of the LoRA adapters trained here", default=8)
     lora_train_alpha: float = help_field("alpha of the LoRA adapters trained here", default=16.0)
-    lora_targets: tuple = help_field("CLIP modules that get LoRA", default=("q_proj", "v_proj"))
+    lora_targets: tuple = help_field("image modules that get LoRA (with --train-image lora; default: the image "
+                                     "model's family's: q_proj,v_proj for CLIP, SigLIP, ViT and DINOv2)", default=None)
     text_lora_targets: tuple = help_field("text modules that get LoRA (with --train-text lora; default: PEFT's "
                                           "for the text model's family, e.g. query,value for BERT, q_lin,v_lin "
                                           "for DistilBERT, query_proj,value_proj for DeBERTa-v2)", default=None)

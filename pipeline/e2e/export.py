@@ -3,7 +3,9 @@
     export/text_model/   Hugging Face folder (AutoModel + tokenizer); LoRA merged in
     export/clip_lora/    PEFT adapter folder for --clip-lora (when the image encoder trained LoRA)
     export/clip_lora.pt  the same adapter as one file, its rank/alpha config inside
-    export/clip_model/   the whole fine-tuned CLIP image encoder (vision + projection), merged
+    export/clip_model/   the whole fine-tuned image tower, merged: for CLIP a CLIPVisionModelWithProjection
+                         folder (vision + projection), for any other family its own tower class (SiglipVisionModel,
+                         ViTModel, Dinov2Model, ...); the name is kept so runs and scripts of before still read it
     export/head/         the fusion head (stage two's format)
     export/embed.sh      stage one on the run's data with them: sh embed.sh CACHE_DIR (from any folder)
 """
@@ -36,7 +38,7 @@ def export_model(model, tokenizer, out, data):
             "config": {"lora_r": config.r, "lora_alpha": config.lora_alpha,
                        "target_modules": sorted(config.target_modules)},
         }, out / "clip_lora.pt")
-    _export_clip(model.image_encoder, out / "clip_model")
+    _export_image_tower(model.image_encoder, out / "clip_model")
     preprocessor = Path(clip_model_folder) / "preprocessor_config.json"
     if preprocessor.is_file():  # stage one reads image size, mean and std from it
         shutil.copy(preprocessor, out / "clip_model" / preprocessor.name)
@@ -52,11 +54,15 @@ def _export_text(text_model, tokenizer, folder):
     tokenizer.save_pretrained(folder)
 
 
-def _export_clip(image_encoder, folder):
-    """A CLIPVisionModelWithProjection folder holding the merged vision tower and projection."""
+def _export_image_tower(image_encoder, folder):
+    """A folder `load_image_encoder` reads back as the same tower: CLIP's with its projection beside it, any
+    other family's tower as the class it already is (it holds everything the embedding uses)."""
     vision = image_encoder.vision_model
     if isinstance(vision, PeftModel):
         vision = copy.deepcopy(vision).merge_and_unload()
+    if image_encoder.family.projection is None:
+        vision.save_pretrained(folder)
+        return
     vision_config = CLIPVisionConfig(**vision.config.to_dict())
     projection = image_encoder.visual_projection
     vision_config.projection_dim = projection.out_features if projection is not None else vision_config.hidden_size

@@ -26,8 +26,9 @@ from pipeline.e2e.trainer import MultimodalTrainer, configure_trainable, metrics
 from pipeline.embed.cache import write_skipped
 from pipeline.errors import UserError
 from pipeline.model.classifier import build_encoders
+from pipeline.model.families import image_lora_targets
 from pipeline.model.head import FusionHead, check_dims, load_head
-from pipeline.model.image_encoder import check_image_size
+from pipeline.model.image_encoder import check_image_size, image_family_of, resolve_embedding
 from pipeline.model.text_encoder import check_max_length, load_tokenizer, text_lora_targets
 from pipeline.outputs import claim_run_folder
 from pipeline.runs.encoders import exported
@@ -52,6 +53,9 @@ def run_finetune(data, config, log=print, command_line=None):
     set_seed(config.train.seed)
     device = resolve_device(data.device)
     settings = ImageSettings.from_model_folder(data.clip_model, max_pixels=data.max_pixels, draft=data.draft)
+    data = replace(data, clip_embedding=resolve_embedding(data.clip_model, data.clip_embedding)[0])  # as recorded
+    if config.train_image == "lora":  # the run records the modules LoRA wrapped
+        config = replace(config, lora_targets=image_lora_targets(image_family_of(data.clip_model), config.lora_targets))
     if config.train_text == "lora":  # the run records the modules LoRA wrapped, as it records the resolved pooling
         config = replace(config, text_lora_targets=text_lora_targets(data.text_model, config.text_lora_targets))
     check_image_size(data.clip_model, settings.size, Path(data.clip_model) / "preprocessor_config.json")
@@ -84,8 +88,9 @@ def run_finetune(data, config, log=print, command_line=None):
                 "device": str(device)}
     export_model(trainer.model, tokenizer, out / "export", data)
     # The pooling the model was trained through, as export/embed.sh names it.
-    encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, asdict(settings),
-                        model.dims, text_family=model.text_encoder.family.name)
+    encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, settings.record(),
+                        model.dims, text_family=model.text_encoder.family.name,
+                        image_family=model.image_encoder.family.name)
     write_run(out, run, resolved, encoders=encoders, command_line=command_line, data=data_of_e2e(data))
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")

@@ -11,7 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Trainer
 
-from pipeline.model.families import family_lora_targets
+from pipeline.model.families import family_lora_targets, image_lora_targets
 from pipeline.model.head import drop_modalities
 from pipeline.train.losses import weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics
@@ -75,7 +75,8 @@ def configure_trainable(model, train_text, train_image, lora_rank, lora_alpha, l
     vision = model.image_encoder.vision_model
     if train_image == "lora":
         model.image_encoder.requires_grad_(False)
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(lora_targets))
+        targets = image_lora_targets(model.image_encoder.family, lora_targets)
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(targets))
         model.image_encoder.vision_model = get_peft_model(vision, config)
     else:
         model.image_encoder.requires_grad_(train_image == "full")

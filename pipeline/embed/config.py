@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from pipeline.config import existing, help_field, number, one_of, validate, whole
 from pipeline.data.images import DEFAULT_MAX_PIXELS
-from pipeline.model.config import EMBEDDINGS, POOLING_CHOICES
+from pipeline.model.config import EMBEDDING_CHOICES, POOLING_CHOICES
 
 BAD_IMAGE_POLICIES = ("skip", "fail", "text-only")
 PLACEHOLDER_POLICIES = ("embed", "skip", "text-only")
@@ -20,20 +20,26 @@ class EmbedConfig:
     data_dir: str = help_field("folder with <split>_filtered.tsv or <split>.tsv files")
     text_model: str = help_field("Hugging Face text model folder with its tokenizer: any encoder AutoModel loads "
                                  "(BERT, RoBERTa, DistilBERT, DeBERTa, ...) or a CLIP / SigLIP model's text tower")
-    clip_model: str = help_field("Hugging Face CLIP folder (CLIPModel or CLIPVisionModel[WithProjection])")
+    clip_model: str = help_field("Hugging Face image model folder: CLIP (CLIPModel or CLIPVisionModel"
+                                 "[WithProjection]), SigLIP (SiglipModel or SiglipVisionModel), ViT, DINOv2, or any "
+                                 "AutoModel image backbone with a pooled output", aliases=("--image-model",))
     cache_dir: str = help_field("where the Parquet cache goes")
     splits: tuple = help_field("splits to embed", default=("train", "val", "test"))
     image_root: str = help_field("folder local_image_path is relative to (default: --data-dir)", default=None)
     image_pattern: str = help_field("image file name when the TSV has no local_image_path column", default="{id}.jpg")
     clip_lora: str = help_field(
-        "CLIP checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors", default=None)
+        "image model checkpoint to merge: PEFT adapter folder or .pt/.pth/.bin/.safetensors (LoRA merges into "
+        "CLIP, SigLIP, ViT and DINOv2; full weights load into any family)", default=None, aliases=("--image-lora",))
     lora_alpha: float = help_field("LoRA alpha when the checkpoint does not store it", default=None)
     pooling: str = help_field(f"text pooling: {', '.join(POOLING_CHOICES)} (auto: a sentence-transformers folder's "
                               "own pooling, else pooler for a *ForSequenceClassification folder with pooler "
                               "weights, else the family's own: cls for encoders, projected for CLIP, pooler for "
                               "SigLIP)", default="auto")
     max_length: int = help_field("titles are truncated to this many tokens", default=128)
-    clip_embedding: str = help_field(f"image vector: {', '.join(EMBEDDINGS)}", default="projected")
+    clip_embedding: str = help_field(
+        f"image vector: {', '.join(EMBEDDING_CHOICES)} (per family: CLIP projected or pooled; SigLIP, DINOv2 and "
+        "other backbones pooled; ViT pooled or cls; auto: projected for CLIP, cls for a ViT without pooler "
+        "weights, else pooled)", default="auto", aliases=("--image-embedding",))
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
     batch_size: int = help_field("rows per forward pass", default=64)
     num_workers: int = help_field("DataLoader worker processes for image decoding (0 = in the main process, "
@@ -62,8 +68,8 @@ class EmbedConfig:
     def __post_init__(self):
         validate(
             *(one_of(self, name, choices) for name, choices in (
-                ("pooling", POOLING_CHOICES), ("clip_embedding", EMBEDDINGS), ("on_bad_image", BAD_IMAGE_POLICIES),
-                ("on_empty_title", EMPTY_TITLE_POLICIES),
+                ("pooling", POOLING_CHOICES), ("clip_embedding", EMBEDDING_CHOICES),
+                ("on_bad_image", BAD_IMAGE_POLICIES), ("on_empty_title", EMPTY_TITLE_POLICIES),
                 ("on_stale", STALE_POLICIES), ("cache_dtype", CACHE_DTYPES), ("on_placeholder", PLACEHOLDER_POLICIES),
             )),
             *(whole(self, name, minimum) for name, minimum in (

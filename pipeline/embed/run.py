@@ -35,7 +35,7 @@ from pipeline.embed.writer import PartJob, PartWriter
 from pipeline.errors import UserError
 from pipeline.files import output_folder
 from pipeline.model.classifier import build_encoders
-from pipeline.model.image_encoder import check_image_size
+from pipeline.model.image_encoder import check_image_size, image_family_of, resolve_embedding
 from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
 from pipeline.outputs import STAGE_ONE_CACHE, refuse_other_cache
 
@@ -54,6 +54,10 @@ def run_embed(config, group=Group(), log=print):
     pooling, why = resolve_pooling(config.text_model, config.pooling)
     log(f"text pooling: {pooling}" + (f" (--pooling auto: {why})" if config.pooling == "auto" else ""))
     requested, config = config.pooling, replace(config, pooling=pooling)  # from here on, the resolved value
+    embedding, why = resolve_embedding(config.clip_model, config.clip_embedding)
+    log(f"image embedding: {embedding}" + (f" (--image-embedding auto: {why})" if config.clip_embedding == "auto"
+                                            else ""))
+    config = replace(config, clip_embedding=embedding)  # a CLIP user's auto is projected: the fingerprint of before
     tokenizer = load_tokenizer(config.text_model)  # refuses a folder without a usable tokenizer
     check_max_length(config.text_model, config.max_length, tokenizer)  # before hours of work
     image_settings = ImageSettings.from_model_folder(
@@ -136,7 +140,7 @@ def fingerprint_inputs(config, splits, image_settings):
         "image_pattern": config.image_pattern,
         "text": {"pooling": config.pooling, "max_length": config.max_length,  # pooling as resolved from auto
                  **_named_family(config.text_model)},
-        "image": {**asdict(image_settings), "embedding": config.clip_embedding},
+        "image": {**image_settings.record(), "embedding": config.clip_embedding, **_named_image_family(config)},
         "part_rows": config.part_rows,
         "cache_dtype": config.cache_dtype,
         # The thresholds change the cache only when placeholders are left out; otherwise only the counts.
@@ -148,6 +152,12 @@ def fingerprint_inputs(config, splits, image_settings):
         "half_posts": {"on_bad_image": "text-only" if config.on_bad_image == "text-only" else "skip",
                        "on_empty_title": config.on_empty_title},
     }
+
+
+def _named_image_family(config):
+    """The image family, named for every family but CLIP's (whose caches were written before families existed)."""
+    family = image_family_of(config.clip_model)
+    return {} if family.name == "clip" else {"family": family.name}
 
 
 def _named_family(text_model):
@@ -302,6 +312,7 @@ def _manifest_config(config, lora_summary, device, timings, placeholders, reques
         "embed": {**asdict(config), "splits": list(config.splits)},  # pooling as resolved
         "pooling": {"requested": requested_pooling, "resolved": config.pooling},
         "text_family": family_of(config.text_model).name,
+        "image_family": image_family_of(config.clip_model).name,
         "clip_lora": lora_summary,
         "device": str(device),
         "timings": timings,

@@ -1,11 +1,14 @@
-"""Apply the CLIP checkpoints users really have to an `ImageEncoder`.
+"""Apply the image-tower checkpoints users really have (CLIP's most often) to an `ImageEncoder` of any family.
 
 Accepted: a PEFT adapter folder (`adapter_config.json` + weights), or a
 `.pt/.pth/.bin/.safetensors` file holding a state dict (plain, or nested under
 `state_dict`, `model_state_dict` or `model` beside optimizer state and a config)
-with LoRA `lora_A`/`lora_B` keys or full fine-tuned CLIP weights. LoRA is merged
-into the base weights (W + alpha / r * B @ A), so embedding costs nothing extra.
-Keys that fit nothing are an error: never a silent partial load.
+with LoRA `lora_A`/`lora_B` keys or full fine-tuned tower weights. LoRA is merged
+into the base weights (W + alpha / r * B @ A), so embedding costs nothing extra,
+for the families with LoRA targets (CLIP, SigLIP, ViT, DINOv2); for the others a
+LoRA checkpoint is an error, full weights load. Keys are read under the tower's
+own names (`vision_model.` + what the tower's state dict holds), whatever wrapper
+saved them. Keys that fit nothing are an error: never a silent partial load.
 """
 
 import math
@@ -24,8 +27,10 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 CONFIG_KEYS = ("config", "lora_config", "peft_config", "args", "hparams", "hyper_parameters")
 # Wrappers that training code puts in front of CLIP's own names.
-_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "clip_model.", "clip.", "model.", "image_encoder.")
-_IGNORED_PREFIXES = ("text_model.", "text_projection.", "logit_scale")  # the text tower is not used
+_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "clip_model.", "clip.", "model.", "image_encoder.",
+             "vit.", "deit.", "dinov2.")  # the last: a *ForImageClassification's base model
+# The text tower and a classifier's head are not used.
+_IGNORED_PREFIXES = ("text_model.", "text_projection.", "logit_scale", "logit_bias", "classifier.")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -33,13 +38,18 @@ def apply_clip_checkpoint(encoder, path, lora_alpha=None):
     """Load `path` into `encoder` in place; returns a summary dict for the manifest."""
     path = Path(path)
     state, config = read_checkpoint(path)
-    state = {_canonical_key(key): value for key, value in state.items()}
+    roots = {key.split(".")[0] for key in encoder.vision_model.state_dict()}  # the tower's own top-level names
+    state = {_canonical_key(key, roots): value for key, value in state.items()}
     ignored = [key for key in state if key.startswith(_IGNORED_PREFIXES)]
     state = {key: value for key, value in state.items() if key not in ignored}
     lora_pairs, plain = _split_lora(state, path)
     if not lora_pairs and not plain:
-        raise UserError(f"{path}: holds no CLIP vision weights (only {len(ignored)} text-tower keys); "
+        raise UserError(f"{path}: holds no image-tower weights (only {len(ignored)} text-tower or classifier keys); "
                         "give the image encoder's checkpoint")
+    if lora_pairs and encoder.family.lora_targets is None:
+        raise UserError(f"{path}: a LoRA checkpoint, but the image model is a {encoder.family.name} model, into "
+                        "which this tool merges no LoRA (it does for clip, siglip, vit and dinov2); merge the "
+                        "adapter with PEFT (merge_and_unload) and pass the full weights, or save the merged model")
     _load_plain(encoder, plain, path, require_all=not lora_pairs)
     summary = {"lora_modules": len(lora_pairs), "full_weights": len(plain), "ignored_text_keys": len(ignored)}
     if lora_pairs:
@@ -131,7 +141,7 @@ def _unnest(loaded, path):
     return tensors, config
 
 
-def _canonical_key(key):
+def _canonical_key(key, roots):
     stripped = True
     while stripped:
         stripped = False
@@ -139,8 +149,8 @@ def _canonical_key(key):
             if key.startswith(prefix):
                 key, stripped = key[len(prefix):], True
     key = key.replace(".base_layer.", ".")  # PEFT's wrapped Linear keeps the base weight here
-    if key.startswith(("encoder.", "embeddings.", "pre_layrnorm.", "post_layernorm.")):
-        key = "vision_model." + key  # a checkpoint of the vision transformer alone
+    if key.split(".")[0] in roots:
+        key = "vision_model." + key  # a checkpoint of the vision tower alone
     return key
 
 
@@ -173,9 +183,10 @@ def _load_plain(encoder, plain, path, require_all):
             if keys:
                 problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise UserError(
-            f"{path}: keys do not fit the CLIP image encoder: {'; '.join(problems)}; expected full CLIP "
-            "vision weights ('vision_model.encoder.layers.0.self_attn.q_proj.weight', 'visual_projection.weight') "
-            "or LoRA keys ('...q_proj.lora_A.weight'), optionally under 'base_model.model.' or 'module.'"
+            f"{path}: keys do not fit the {encoder.family.name} image encoder: {'; '.join(problems)}; expected its "
+            "full tower weights (for CLIP 'vision_model.encoder.layers.0.self_attn.q_proj.weight', "
+            "'visual_projection.weight') or LoRA keys ('...q_proj.lora_A.weight'), optionally under "
+            "'base_model.model.' or 'module.'"
         )
     encoder.load_state_dict({**own, **plain})
 
@@ -204,7 +215,7 @@ def _merge_all(encoder, pairs, config, lora_alpha, path):
             module = encoder.get_submodule(module_name)
         except AttributeError:
             raise UserError(f"{path}: LoRA targets {module_name!r}, "
-                            "which the CLIP image encoder does not have") from None
+                            f"which the {encoder.family.name} image encoder does not have") from None
         a, b = parts["A"], parts["B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] == 0:
             raise UserError(f"{path}: LoRA weights for {module_name!r} are not two non-empty matrices "

@@ -1,4 +1,4 @@
-"""One model for both ways of training: a text encoder (any family), an image encoder (CLIP's) and a fusion head.
+"""One model for both ways of training: a text encoder and an image encoder (any family each) and a fusion head.
 
 `encode(batch)` returns exactly what stage one caches, `{"text_emb", "image_emb"}`;
 `forward` applies the fusion head to it. Stage one calls `encode` with the head
@@ -54,8 +54,9 @@ MultimodalBertClipClassifier = EncodersWithHead  # the old name: existing code a
 
 
 def build_encoders(text_model, clip_model, clip_lora=None, lora_alpha=None,
-                   pooling="cls", clip_embedding="projected"):
-    """Load both encoders from folders (and merge an optional CLIP checkpoint); `pooling` may be `auto`."""
+                   pooling="cls", clip_embedding="auto"):
+    """Load both encoders from folders (and merge an optional image checkpoint); `pooling` and `clip_embedding`
+    may be `auto`."""
     pooling, _ = resolve_pooling(text_model, pooling)
     text_encoder = TextEncoder(load_text_model(text_model, pooling), pooling)
     image_encoder = load_image_encoder(clip_model, clip_embedding)

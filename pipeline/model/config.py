@@ -14,7 +14,10 @@ from pipeline.errors import UserError
 POOLINGS = ("cls", "mean", "max", "pooler", "projected")
 # auto: the pooling the folder says its model was trained with, else its family's (text_encoder.resolve_pooling)
 POOLING_CHOICES = ("auto", *POOLINGS)
-EMBEDDINGS = ("projected", "pooled")  # which CLIP image vector: after or before the visual projection
+# Which image vector: CLIP's after or before its visual projection, a tower's pooled output, ViT's CLS token. Which
+# ones a model has comes from its family (model/families.py IMAGE_FAMILIES).
+EMBEDDINGS = ("projected", "pooled", "cls")
+EMBEDDING_CHOICES = ("auto", *EMBEDDINGS)  # auto: the family's own (image_encoder.resolve_embedding)
 MODALITIES = ("text", "image")
 FUSIONS = ("concat", "max", "mean", "gated")
 

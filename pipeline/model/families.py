@@ -76,22 +76,50 @@ TEXT_FAMILIES = (
 GENERIC_TEXT = TextFamily("encoder", (), **_BERT, lora_targets=None)
 
 
+IMAGE_FLAG = "--image-model/--clip-model"  # the flag and its old alias, as messages name them
+
+
 @dataclass(frozen=True)
 class ImageFamily:
-    """One kind of image tower (the slot the image families join; CLIP's vision tower today)."""
+    """One kind of image tower. `embeddings` lists the valid `--image-embedding` values, the first being the one
+    `auto` picks when the folder has the weights it needs (else the next). Preprocessing is not here: it is read
+    from the folder's own preprocessor_config.json (pipeline.data.images.ImageSettings)."""
 
     name: str
-    model_types: tuple
-    lora_targets: tuple
-    projection: str = None  # attribute of the whole model that projects pooler_output
-    folders: str = ""  # the classes whose save_pretrained folders it takes, for error messages
+    model_types: tuple  # config.json model_type values of this family
+    embeddings: tuple
+    lora_targets: tuple  # the modules --train-image lora wraps and a LoRA checkpoint may target; None: no LoRA
+    whole_model_type: str = None  # a two-tower model (CLIP, SigLIP): its `vision_model` is the image tower
+    projection: str = None  # attribute of the whole model that projects pooler_output (`projected`)
+    fixed_size: bool = True  # position embeddings fit one image size (checked against the crop); DINOv2 interpolates
+    folders: str = ""  # the classes whose save_pretrained folders it takes, for error messages and the docs
+    note: str = ""  # for the docs' table
 
+
+# transformers 5 names ViT's and DINOv2's attention projections q_proj/v_proj (4.x: query/value; PEFT's table
+# has no entry for either), as CLIP's and SigLIP's.
+_VIT_LORA = ("q_proj", "v_proj")
 
 IMAGE_FAMILIES = (
-    ImageFamily("clip", ("clip", "clip_vision_model"), lora_targets=("q_proj", "v_proj"),
-                projection="visual_projection",
-                folders="CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection"),
+    ImageFamily("clip", ("clip", "clip_vision_model"), embeddings=("projected", "pooled"),
+                lora_targets=("q_proj", "v_proj"), whole_model_type="clip", projection="visual_projection",
+                folders="CLIPModel, CLIPVisionModel or CLIPVisionModelWithProjection",
+                note="projected = get_image_features; pooled = the layer-normed CLS token before the projection"),
+    ImageFamily("siglip", ("siglip", "siglip_vision_model"), embeddings=("pooled",), lora_targets=("q_proj", "v_proj"),
+                whole_model_type="siglip", folders="SiglipModel or SiglipVisionModel",
+                note="pooled = get_image_features (the attention-pooling head); SigLIP has no projection"),
+    ImageFamily("vit", ("vit", "deit"), embeddings=("pooled", "cls"), lora_targets=_VIT_LORA,
+                folders="ViTModel or ViTForImageClassification",
+                note="pooled = tanh(dense(CLS)) when the folder has pooler weights; cls = the layer-normed CLS token "
+                     "(what a ViTForImageClassification folder was trained through: auto picks it there)"),
+    ImageFamily("dinov2", ("dinov2",), embeddings=("pooled",), lora_targets=_VIT_LORA, fixed_size=False,
+                folders="Dinov2Model or Dinov2ForImageClassification",
+                note="pooled = the layer-normed CLS token; any crop size (position embeddings interpolate)"),
 )
+# Any other AutoModel whose forward takes pixel_values and returns a pooled output (ResNet, ConvNeXt, Swin, ...).
+GENERIC_IMAGE = ImageFamily("backbone", (), embeddings=("pooled",), lora_targets=None, fixed_size=False,
+                            folders="any AutoModel image backbone with a pooled output",
+                            note="pooled = its pooler_output, flattened; full weights load, LoRA does not merge")
 
 
 def text_family(model_type):
@@ -102,13 +130,37 @@ def text_family(model_type):
     return GENERIC_TEXT
 
 
-def image_family(model_type, folder, flag="--clip-model"):
+def image_family(model_type):
+    """The family of an image folder's `model_type`; the generic backbone family for any other."""
     for family in IMAGE_FAMILIES:
         if model_type in family.model_types:
             return family
-    known = "; ".join(f"{family.name}: {family.folders}" for family in IMAGE_FAMILIES)
-    raise UserError(f"{flag} {folder}: model_type {model_type!r} is not of an image family this tool knows; "
-                    f"give a folder of {known}")
+    return GENERIC_IMAGE
+
+
+def not_an_image_model(folder, model_type, why):
+    """The error for a folder that is no image tower (a text model given as the image model, say)."""
+    known = "; ".join(f"{family.name}: {family.folders}" for family in (*IMAGE_FAMILIES, GENERIC_IMAGE))
+    return UserError(f"{IMAGE_FLAG} {folder}: model_type {model_type!r} is not of an image family this tool knows "
+                     f"({why}); give a folder of {known}")
+
+
+def check_embedding(family, embedding, folder):
+    """An image embedding the family cannot give is a UserError listing the ones it can."""
+    if embedding not in family.embeddings:
+        raise UserError(f"--image-embedding {embedding}: the image model {folder} is a {family.name} model, which "
+                        f"has no {embedding!r} embedding; use one of: auto, {', '.join(family.embeddings)}")
+
+
+def image_lora_targets(family, given=None):
+    """The modules `--train-image lora` wraps: `given` (--lora-targets), else the family's PEFT default."""
+    if given:
+        return tuple(given)
+    if family.lora_targets is None:
+        raise UserError(f"--train-image lora: the image model is a {family.name} model, for which we know no LoRA "
+                        "target modules; pass --lora-targets with the names of its Linear layers, or use "
+                        "--train-image frozen or full")
+    return family.lora_targets
 
 
 def check_pooling(family, pooling, folder):

@@ -95,3 +95,21 @@ def check_finite_weights(module, name):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{name}: weight {key} holds NaN or Inf; every vector would be NaN: "
                             "use an intact checkpoint")
+
+
+def has_weight(folder, suffix):
+    """Whether the folder's weights hold a tensor whose name ends with `suffix`, read from headers only."""
+    import torch
+
+    folder, names = Path(folder), []
+    index = read_json(folder / "model.safetensors.index.json")
+    if isinstance(index.get("weight_map"), dict):
+        names = list(index["weight_map"])
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / "model.safetensors", framework="pt") as handle:
+            names = list(handle.keys())
+    elif (folder / "pytorch_model.bin").is_file():
+        names = list(torch.load(folder / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
+    return any(name.endswith(suffix) for name in names)

@@ -26,6 +26,7 @@ from pipeline.model.families import check_pooling, family_lora_targets, text_fam
 from pipeline.model.folders import (
     check_finite_weights,
     check_loading_info,
+    has_weight,
     read_config,
     read_json,
     refusing_pickled_code,
@@ -185,18 +186,7 @@ def _read_modules(path):
 
 def _has_pooler(folder):
     """Whether the folder's weights hold a pooler (`*pooler.dense.weight`), read from headers only."""
-    names = []
-    index = read_json(folder / "model.safetensors.index.json")
-    if isinstance(index.get("weight_map"), dict):
-        names = list(index["weight_map"])
-    elif (folder / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(folder / "model.safetensors", framework="pt") as handle:
-            names = list(handle.keys())
-    elif (folder / "pytorch_model.bin").is_file():
-        names = list(torch.load(folder / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True))
-    return any(name.endswith("pooler.dense.weight") for name in names)
+    return has_weight(folder, "pooler.dense.weight")
 
 
 def pool(hidden, attention_mask, pooling):

@@ -38,8 +38,9 @@ class PredictConfig:
         "in [0, 1]", default="run")
     text_model: str = help_field("the run's text model, if it moved (default: the path the run recorded)",
                                  default=None)
-    clip_model: str = help_field("the run's CLIP folder, if it moved", default=None)
-    clip_lora: str = help_field("the run's CLIP checkpoint, if it moved", default=None)
+    clip_model: str = help_field("the run's image model folder, if it moved", default=None, aliases=("--image-model",))
+    clip_lora: str = help_field("the run's image model checkpoint, if it moved", default=None,
+                                aliases=("--image-lora",))
     pooling: str = help_field(f"text pooling: {', '.join(POOLINGS)} (default: the run's)", default=None)
     allow_other_encoders: bool = help_field(
         "predict even when the encoders differ from those the head was trained on (a warning goes into "

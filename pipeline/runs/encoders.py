@@ -2,8 +2,9 @@
 
     text_model, clip_model, clip_lora   {"path": as given, "sha256": content hash[, "in_run": path in the run]}
                                         (clip_lora may be null)
-    lora_alpha, pooling, max_length, clip_embedding, image (size, mean, std, max_pixels, draft), dims
-    text_family                         the text tower's family (pipeline.model.families); absent in runs
+    lora_alpha, pooling, max_length, clip_embedding, image (size, mean, std, max_pixels, draft[, resize, resize_to,
+                                        resample: absent when CLIP's]), dims
+    text_family, image_family           the towers' families (pipeline.model.families); absent in runs
                                         written before families existed
     class_names, threshold              the run's decision threshold (pipeline.runs.threshold)
 
@@ -15,7 +16,7 @@ train-head builds it from the cache's manifest (`from_manifest`), finetune-e2e f
 import json
 from pathlib import Path
 
-from pipeline.data.images import MAX_IMAGE_SIZE
+from pipeline.data.preprocessor import MAX_IMAGE_SIZE, RESAMPLES, RESIZE_MODES
 from pipeline.data.splits import CLASS_NAMES
 from pipeline.embed.fingerprint import path_sha256
 from pipeline.errors import UserError
@@ -28,7 +29,9 @@ MODELS = ("text_model", "clip_model", "clip_lora")
 _MODEL_FIELDS = (Field("path", str), Field("sha256", str), Field("in_run", str, optional=True))
 _IMAGE_FIELDS = (Field("size", INTEGER, within(1, MAX_IMAGE_SIZE)), Field("mean", list, numbers(3, 0, 1)),
                  Field("std", list, numbers(3, 1e-6, 10)), Field("max_pixels", INTEGER, positive()),
-                 Field("draft", bool))
+                 Field("draft", bool), Field("resize", str, one_of(RESIZE_MODES), optional=True),
+                 Field("resize_to", INTEGER, within(1, MAX_IMAGE_SIZE), optional=True),
+                 Field("resample", str, one_of(tuple(RESAMPLES.values())), optional=True))
 FIELDS = (
     Field("text_model", dict, fields=_MODEL_FIELDS), Field("clip_model", dict, fields=_MODEL_FIELDS),
     Field("clip_lora", dict, fields=_MODEL_FIELDS, optional=True), Field("lora_alpha", NUMBER, positive(),
@@ -40,6 +43,7 @@ FIELDS = (
           else "expected two class names"),
     Field("threshold", NUMBER, within(0, 1)),
     Field("text_family", str, optional=True),
+    Field("image_family", str, optional=True),
 )
 FIX = "train the head again (or restore the file from the run it came from)"
 
@@ -55,17 +59,19 @@ def from_manifest(manifest):
         return {"path": given.get(name), "sha256": inputs[name]} if inputs.get(name) else None
 
     image = dict(inputs["image"])
+    image.pop("family", None)  # the fingerprint names a non-CLIP image family; the record keeps it as image_family
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": model("clip_lora"),
             "lora_alpha": inputs.get("lora_alpha"), "pooling": inputs["text"]["pooling"],
             "max_length": inputs["text"]["max_length"], "clip_embedding": image.pop("embedding"), "image": image,
-            "dims": manifest["dims"], **_family((manifest.get("config") or {}).get("text_family"))}
+            "dims": manifest["dims"], **_family((manifest.get("config") or {}).get("text_family")),
+            **_family((manifest.get("config") or {}).get("image_family"), "image_family")}
 
 
-def _family(name):
-    return {"text_family": name} if name else {}
+def _family(name, key="text_family"):
+    return {key: name} if name else {}
 
 
-def exported(out, pooling, max_length, clip_embedding, image, dims, text_family=None):
+def exported(out, pooling, max_length, clip_embedding, image, dims, text_family=None, image_family=None):
     """finetune-e2e's own export/ encoders (LoRA merged into export/clip_model); `in_run` lets a moved run
     folder find them. `image` is the run's ImageSettings as a dict."""
     def model(name):
@@ -74,7 +80,8 @@ def exported(out, pooling, max_length, clip_embedding, image, dims, text_family=
 
     return {"text_model": model("text_model"), "clip_model": model("clip_model"), "clip_lora": None,
             "lora_alpha": None, "pooling": pooling, "max_length": max_length, "clip_embedding": clip_embedding,
-            "image": dict(image), "dims": dict(dims), **_family(text_family)}
+            "image": dict(image), "dims": dict(dims), **_family(text_family),
+            **_family(image_family, "image_family")}
 
 
 def write_encoders(out, encoders, threshold):

@@ -43,8 +43,9 @@ class ServeConfig:
                                 "validation-tuned one) or a number in [0, 1]", default="run")
     text_model: str = help_field("the run's text model, if it moved (default: the path the run recorded)",
                                  default=None)
-    clip_model: str = help_field("the run's CLIP folder, if it moved", default=None)
-    clip_lora: str = help_field("the run's CLIP checkpoint, if it moved", default=None)
+    clip_model: str = help_field("the run's image model folder, if it moved", default=None, aliases=("--image-model",))
+    clip_lora: str = help_field("the run's image model checkpoint, if it moved", default=None,
+                                aliases=("--image-lora",))
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
     max_pixels: int = help_field("images with more pixels are that post's too_many_pixels, never decoded",
                                  default=DEFAULT_MAX_PIXELS)
