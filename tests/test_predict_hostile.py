@@ -80,6 +80,7 @@ def test_embed_refuses_a_preprocessor_crop_the_clip_model_cannot_take(run, tiny_
     clip = shutil.copytree(tiny_clip, tmp_path / "clip")
     config = json.loads((clip / "preprocessor_config.json").read_text())
     config["crop_size"] = {"height": 48, "width": 48}
+    config["size"] = {"shortest_edge": 48}  # a consistent processor: only the model's own size disagrees
     (clip / "preprocessor_config.json").write_text(json.dumps(config))
     refused(capsys, embed_flags(run["data"], tiny_bert, clip, tmp_path / "cache"),
             f"{clip / 'preprocessor_config.json'}: crops images to 48x48", "takes 32x32")
