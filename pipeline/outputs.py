@@ -143,10 +143,12 @@ def _a(kind):
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
-def read_small_json(path):
-    """The JSON in a small regular file (no symlink), else None: for telling our files from others."""
+def read_small_json(path, max_bytes=_READ_CAP):
+    """The JSON in a regular file (no symlink) of at most `max_bytes` (None: any size), else None: for telling
+    our files from others, and for looking at a folder without failing on what is not there."""
+    path = Path(path)
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > _READ_CAP:
+        if path.is_symlink() or not path.is_file() or (max_bytes is not None and path.stat().st_size > max_bytes):
             return None
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.outputs import read_small_json
 from pipeline.report.markup import Raw, escape, paragraph, table
 
 _BANNER_STYLE = "border: 2px solid #c62828; background: #fdecea; padding: 0.6em 0.8em; font-weight: 600;"
@@ -40,12 +41,9 @@ class CacheState:
 
 
 def read_object(path):
-    """A JSON object from `path`, or None when it is missing, a symlink, unreadable or not an object."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-    except (OSError, ValueError):
-        return None
+    """A JSON object from `path`, or None when it is missing, a symlink, unreadable or not an object (a cache's
+    manifest may be large: no size cap)."""
+    value = read_small_json(path, max_bytes=None)
     return value if isinstance(value, dict) else None
 
 
