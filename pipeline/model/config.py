@@ -46,6 +46,9 @@ class HeadConfig:
     proj_dim: int = help_field("common width each modality is projected to", default=128)
     hidden_dim: int = help_field("width of the classifier's hidden layer", default=128)
     dropout: float = help_field("dropout after each projection and in the classifier", default=0.1)
+    # Heads saved before N classes have no num_classes in head_config.json: they were binary.
+    num_classes: int = help_field("number of classes K: the head's outputs (from the cache's label column)",
+                                  default=2)
 
     def __post_init__(self):
         problems = []
@@ -57,6 +60,7 @@ class HeadConfig:
         validate(
             *problems, one_of(self, "fusion", FUSIONS),
             *(whole(self, name, 1) for name in ("text_dim", "image_dim", "proj_dim", "hidden_dim")),
+            whole(self, "num_classes", 2),
             number(self, "dropout", at_least=0, below=1),
         )
 

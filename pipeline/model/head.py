@@ -1,4 +1,4 @@
-"""The fusion head: cached (or freshly encoded) embeddings -> two logits (fake, real).
+"""The fusion head: cached (or freshly encoded) embeddings -> K logits, one per class (K = 2: fake, real).
 
 The head consumes exactly the dict that stage one caches and that an end-to-end
 model's `encode(batch)` returns, `{"text_emb": (B, Dt), "image_emb": (B, Di)}`,
@@ -52,7 +52,7 @@ class FusionHead(nn.Module):
         fused_dim = 2 * width if self.fuses and config.fusion == "concat" else width
         self.classifier = nn.Sequential(
             nn.Linear(fused_dim, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout),
-            nn.Linear(config.hidden_dim, 2),
+            nn.Linear(config.hidden_dim, config.num_classes),
         )
 
     @property
@@ -61,7 +61,7 @@ class FusionHead(nn.Module):
         return self.missing is not None
 
     def forward(self, features):
-        """{"text_emb": (B, Dt), "image_emb": (B, Di)[, "has_text", "has_image": (B,) bool]} -> logits (B, 2).
+        """{"text_emb": (B, Dt), "image_emb": (B, Di)[, "has_text", "has_image": (B,) bool]} -> logits (B, K).
 
         Unused modalities are ignored; without a `has_*` mask every row has that modality.
         """
