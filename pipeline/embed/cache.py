@@ -32,6 +32,7 @@ from pipeline.embed.hash_column import phash_array, phash_matrix
 from pipeline.embed.manifest import MANIFEST_NAME, MAX_DIM, READABLE_VERSIONS, check_manifest, read_manifest  # noqa: F401 (read through cache., as before the manifest had its module)
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
+from pipeline.embed.similarity import SIMILARITY_COLUMN, has_similarity, similarity_array, similarity_values
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
@@ -66,6 +67,7 @@ class CachedSplit:
     has_image: np.ndarray = None  # (N,) bool
     image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a cache before format 3
     image_phash: np.ndarray = None  # (N, 3) uint64 phash.perceptual_hash (zeros: none); None before format 4
+    similarity: np.ndarray = None  # (N,) float32 text-image cosine, NaN without both halves; None: the cache has none
 
     def __post_init__(self):
         for name in ("has_text", "has_image"):
@@ -104,13 +106,14 @@ def _embedding_array(matrix, dtype, present):
 
 
 def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None,
-               has_text=None, has_image=None, partial=None, image_sha256=None, image_phash=None):
+               has_text=None, has_image=None, partial=None, image_sha256=None, image_phash=None, similarity=None):
     """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
 
     `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
     all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
     `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image), `image_phash`
-    one `phash.perceptual_hash` (None: none).
+    one `phash.perceptual_hash` (None: none). `similarity` (None: no such column) holds each row's text-image
+    cosine, NaN (written as null) where a row lacks a half.
     """
     ids = list(ids)
     has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
@@ -126,6 +129,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "image_emb": _embedding_array(image_emb, dtype, has_image),
         "image_sha256": pa.array(digests, type=pa.string()),
         "image_phash": phash_array(image_phash, len(ids)),
+        **({} if similarity is None else {SIMILARITY_COLUMN: similarity_array(similarity)}),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -222,6 +226,7 @@ def load_split(cache_dir, split, verify=True):
     digests = np.full(rows, "", dtype=object)
     phashes = np.zeros((rows, WORDS), dtype=np.uint64)
     has_digests, has_phashes = manifest["format_version"] >= 3, manifest["format_version"] >= 4
+    similarity = np.full(rows, np.nan, dtype=np.float32) if has_similarity(manifest) else None
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -242,6 +247,8 @@ def load_split(cache_dir, split, verify=True):
             digests[start:stop] = _column(table, "image_sha256", path, manifest).to_pylist()
         if has_phashes:
             phashes[start:stop] = phash_matrix(_column(table, "image_phash", path, manifest))
+        if similarity is not None:
+            similarity[start:stop] = similarity_values(_column(table, SIMILARITY_COLUMN, path, manifest))
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -251,7 +258,8 @@ def load_split(cache_dir, split, verify=True):
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
     return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image,
-                       image_sha256=digests if has_digests else None, image_phash=phashes if has_phashes else None)
+                       image_sha256=digests if has_digests else None, image_phash=phashes if has_phashes else None,
+                       similarity=similarity)
 
 
 def _column(table, name, path, manifest):
@@ -286,7 +294,7 @@ def _matrix(column, dim, path, name):
     return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
-def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None):
+def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=()):
     """Write skipped.tsv and, last, the manifest that marks the cache complete.
 
     `splits` maps split name -> number of input rows read. Checks that every
@@ -297,7 +305,8 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     missing half, and partial.tsv lists them.
     Per split the manifest also has `class_counts` (embedded rows per class),
     `labelled` (false when the split file had no label column: labels are null),
-    the parts' summed counts, and whatever `split_notes[split]` adds.
+    the parts' summed counts, and whatever `split_notes[split]` adds. `features` names the parts' extra
+    feature columns (similarity), recorded as the manifest's `features` when there are any.
     """
     cache_dir = Path(cache_dir)
     classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
@@ -340,7 +349,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
         "dims": dims, "classes": classes, "splits": manifest_splits,
-        "config": config,
+        "config": config, **({"features": list(features)} if features else {}),
     }
     write_json_atomic(cache_dir / MANIFEST_NAME, manifest)
     return manifest
