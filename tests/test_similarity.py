@@ -164,3 +164,18 @@ def test_an_unknown_feature_is_refused_listing_the_known_ones(xor_cache, tmp_pat
     assert main(["train-head", "--cache-dir", str(xor_cache), "--out", str(tmp_path / "run"), *SMALL_FLAGS,
                  "--features", "similarty"]) != 0
     assert "--features similarty: not a set of extra features; give similarity" in capsys.readouterr().err
+
+
+def test_ablate_gains_a_variant_with_the_similarity(similarity_set, tmp_path):
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--cache-dir", str(similarity_set["cache"]), "--out", str(out), "--modalities", "text",
+                 "text,image", "--fusions", "concat", "--seeds", "0", "--features", "similarity",
+                 "--reference", "text+image/concat", *SMALL_FLAGS, *TRAIN_FLAGS, "--bootstrap", "0",
+                 "--no-report"]) == 0
+    runs = pd.read_csv(out / "ablation.csv")
+    assert list(zip(runs["modalities"], runs["fusion"])) == [("text", "-"), ("text+image", "concat"),
+                                                             ("text+image", "concat+similarity")]
+    accuracy = dict(zip(runs["fusion"], runs["test_accuracy"]))
+    assert accuracy["concat+similarity"] >= 0.95 and accuracy["concat+similarity"] > accuracy["concat"]
+    assert "concat+similarity" in (out / "ablation.md").read_text()
+    assert json.loads((out / "config.json").read_text())["grid"]["features"] == ["similarity"]
