@@ -179,3 +179,26 @@ def test_ablate_gains_a_variant_with_the_similarity(similarity_set, tmp_path):
     assert accuracy["concat+similarity"] >= 0.95 and accuracy["concat+similarity"] > accuracy["concat"]
     assert "concat+similarity" in (out / "ablation.md").read_text()
     assert json.loads((out / "config.json").read_text())["grid"]["features"] == ["similarity"]
+
+
+def test_the_report_shows_the_similarity_per_class_when_the_run_read_it(similarity_set, similarity_run, tmp_path):
+    out, _ = similarity_run
+    summary = json.loads((out / "similarity.json").read_text())
+    test = cache.load_split(similarity_set["cache"], "test")
+    for label, name in enumerate(("fake", "real")):
+        values = test.similarity[test.labels == label]
+        assert summary["splits"]["test"][name]["rows"] == len(values)
+        assert summary["splits"]["test"][name]["quantiles"][2] == pytest.approx(float(np.median(values)), abs=1e-6)
+        assert sum(summary["splits"]["test"][name]["histogram"]) == len(values)
+    # Labels are the similarity above its median: every real row lies above every fake one.
+    assert summary["splits"]["train"]["real"]["quantiles"][0] > summary["splits"]["train"]["fake"]["quantiles"][-1]
+    assert main(["report", str(out), "--out", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text()
+    assert 'id="similarity"' in page and "test rows per similarity bin" in page
+    assert f"{summary['splits']['test']['real']['mean']:.4f}" in page
+    # A run that did not read it has no such section.
+    plain = similarity_set["root"] / "run-no-sim"
+    _train(similarity_set, plain, "--max-epochs", "2")
+    assert not (plain / "similarity.json").exists()
+    assert main(["report", str(plain), "--out", str(tmp_path / "plain.html")]) == 0
+    assert 'id="similarity"' not in (tmp_path / "plain.html").read_text()

@@ -21,6 +21,7 @@ SIMILARITY = "similarity"
 FEATURES = (SIMILARITY,)  # the extra per-row features a head can read beside the embeddings (`--features`)
 # family -> (text pooling, image embedding) that give get_text_features / get_image_features
 PROJECTED = {"clip": ("projected", "projected"), "siglip": ("pooler", "pooled")}
+SUMMARY_NAME = "similarity.json"  # a run folder's summary of the feature per split and class, for the report
 SAME_MODEL_HINT = ("embed with one CLIP or SigLIP folder as both --text-model and --image-model (pooling and "
                    "image embedding auto, no --image-lora)")
 

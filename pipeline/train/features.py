@@ -13,9 +13,8 @@ from pipeline.embed.similarity import has_similarity
 from pipeline.errors import UserError
 from pipeline.files import write_json_atomic
 from pipeline.model.head import set_feature_scale
-from pipeline.model.similarity import SAME_MODEL_HINT, SIMILARITY
+from pipeline.model.similarity import SAME_MODEL_HINT, SIMILARITY, SUMMARY_NAME
 
-SUMMARY_NAME = "similarity.json"  # in the run folder: the similarity's distribution per split and class
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 BINS = 10
 
