@@ -37,11 +37,12 @@ def clip_folder(folder):
     return folder
 
 
-def clip_similarity(folder, titles, image_root, paths):
-    """CLIPModel's own cosine of get_text_features and get_image_features, on the pixels stage one feeds it."""
-    whole = transformers.CLIPModel.from_pretrained(folder).eval()
+def clip_similarity(folder, titles, image_root, paths, max_length=128):
+    """The whole model's own (CLIPModel's, SiglipModel's) cosine of get_text_features and get_image_features,
+    on the tokens and pixels stage one feeds it."""
+    whole = transformers.AutoModel.from_pretrained(folder).eval()
     settings = ImageSettings.from_model_folder(folder)
-    batch = tokenize_titles(load_tokenizer(folder), titles, 128)
+    batch = tokenize_titles(load_tokenizer(folder), titles, max_length)
     pixels = torch.from_numpy(np.stack([load_image(image_root, path, settings) for path in paths]))
     with torch.no_grad():
         text = whole.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -202,3 +203,88 @@ def test_the_report_shows_the_similarity_per_class_when_the_run_read_it(similari
     assert not (plain / "similarity.json").exists()
     assert main(["report", str(plain), "--out", str(tmp_path / "plain.html")]) == 0
     assert 'id="similarity"' not in (tmp_path / "plain.html").read_text()
+
+
+def test_a_siglip_folder_as_both_towers_caches_siglips_own_cosine(tmp_path):
+    from conftest import make_dataset
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    folder = build_family(tmp_path / "siglip", "siglip")
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    data = make_dataset(tmp_path / "data", counts=(("train", 6), ("val", 4), ("test", 4)))
+    assert main(embed_flags(data, folder, folder, tmp_path / "cache") + ["--max-length", "16"]) == 0
+    assert cache.read_manifest(tmp_path / "cache")["features"] == ["similarity"]
+    rows = pd.read_csv(data / "test.tsv", sep="\t", dtype={"id": str})
+    expected = clip_similarity(folder, list(rows["clean_title"]), data, list(rows["local_image_path"]), 16)
+    got = cache.load_split(tmp_path / "cache", "test")
+    assert list(got.ids) == list(rows["id"])
+    np.testing.assert_allclose(got.similarity, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("flags", "why"), [(["--image-embedding", "pooled"], "image vector before the projection"),
+                                            (["--pooling", "mean"], "text vector not get_text_features'"),
+                                            ("other image model", "two models")])
+def test_no_similarity_unless_the_towers_are_one_models_projected_pair(flags, why, similarity_set, tiny_clip,
+                                                                       tmp_path):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", counts=(("train", 4), ("val", 2), ("test", 2)))
+    clip = similarity_set["clip"]
+    images, flags = (tiny_clip, []) if flags == "other image model" else (clip, flags)
+    assert main(embed_flags(data, clip, images, tmp_path / "cache") + flags) == 0, why
+    manifest = cache.read_manifest(tmp_path / "cache")
+    assert "features" not in manifest and "features" not in manifest["inputs"], why
+    assert cache.load_split(tmp_path / "cache", "train").similarity is None
+
+
+def test_an_image_lora_or_another_family_gives_no_pair():
+    from pipeline.model.similarity import is_same_model_pair
+
+    assert is_same_model_pair("clip", "clip", "projected", "projected", same_content=True, image_lora=None)
+    assert is_same_model_pair("siglip", "siglip", "pooler", "pooled", same_content=True, image_lora=None)
+    # A task LoRA moves the image tower out of the space its text tower was aligned with (docs/your-data.md).
+    assert not is_same_model_pair("clip", "clip", "projected", "projected", same_content=True, image_lora="ck.pt")
+    assert not is_same_model_pair("clip", "clip", "projected", "projected", same_content=False, image_lora=None)
+    assert not is_same_model_pair("bert", "clip", "cls", "projected", same_content=False, image_lora=None)
+
+
+def test_the_head_reads_the_mean_where_a_row_has_no_similarity_and_refuses_features_without_it():
+    from pipeline.errors import UserError
+    from pipeline.model.config import HeadConfig
+    from pipeline.model.head import FusionHead, set_feature_scale
+    from pipeline.model.similarity import cosine_similarity
+
+    torch.manual_seed(0)
+    head = FusionHead(HeadConfig(text_dim=4, image_dim=4, proj_dim=8, hidden_dim=8, features="similarity")).eval()
+    set_feature_scale(head, np.array([[0.1], [0.3], [np.nan]]))
+    assert float(head.feature_shift) == pytest.approx(0.2) and float(head.feature_scale) == pytest.approx(0.1414, 1e-3)
+    vectors = torch.randn(4, 4)
+    base = {"text_emb": vectors, "image_emb": vectors.flip(0)}
+    with torch.no_grad():
+        at_mean = head({**base, "similarity": torch.full((4,), 0.2)})
+        unknown = head({**base, "similarity": torch.full((4,), float("nan"))})
+        no_image = head({**base, "similarity": torch.full((4,), 0.9), "has_image": torch.zeros(4, dtype=torch.bool)})
+        no_image_at_mean = head({**base, "similarity": torch.full((4,), 0.2),
+                                 "has_image": torch.zeros(4, dtype=torch.bool)})
+        far = head({**base, "similarity": torch.full((4,), 0.9)})
+    torch.testing.assert_close(unknown, at_mean)
+    torch.testing.assert_close(no_image, no_image_at_mean)
+    assert not torch.allclose(far, at_mean)  # the feature does reach the logits
+    with pytest.raises(UserError, match="reads the extra feature similarity"):
+        head(base)
+    # A zero vector or a missing half has no cosine.
+    got = cosine_similarity(np.array([[1.0, 0], [0, 0], [1, 1]]), np.array([[1.0, 0], [1, 0], [1, 0]]),
+                            has_text=[True, True, False])
+    assert got[0] == pytest.approx(1.0) and np.isnan(got[1]) and np.isnan(got[2])
+
+
+def test_a_head_config_written_before_features_loads_without_them(tmp_path):
+    from pipeline.model.config import HeadConfig
+    from pipeline.model.head import FusionHead, load_head, save_head
+
+    folder = tmp_path / "head"
+    save_head(folder, FusionHead(HeadConfig(text_dim=4, image_dim=4, proj_dim=8, hidden_dim=8)))
+    payload = json.loads((folder / "head_config.json").read_text())
+    del payload["head"]["features"]  # as every head saved so far
+    (folder / "head_config.json").write_text(json.dumps(payload))
+    assert load_head(folder).config.features == ()
