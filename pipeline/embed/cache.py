@@ -4,7 +4,8 @@ Layout::
 
     <cache>/fingerprint.json             what the parts were built from (written first)
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
-                                         (id, label, text_emb, image_emb, image_sha256, image_phash)
+                                         (id, label, text_emb, image_emb, image_sha256, image_phash
+                                         [, similarity: one CLIP/SigLIP model as both towers, embed/similarity.py])
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
     <cache>/partial.tsv                  rows kept with one modality: split, id, missing (image/text), reason

@@ -11,6 +11,9 @@ projection would be. Modality dropout in training (`drop_modalities`) teaches
 a two-modality head to score a row from either half. Heads saved before this
 existed have no missing vectors: they still load and score whole rows, and
 refuse a row with a modality missing.
+A head with extra features (`HeadConfig.features`: the text-image similarity,
+pipeline.model.similarity) also reads them from the dict, one (B,) value each,
+beside the fused embeddings; heads saved before them read none.
 A checkpoint folder holds `model.safetensors` and `head_config.json`, so it
 loads without flags.
 """
