@@ -113,6 +113,7 @@ def similarity_run(similarity_set):
     return out, _train(similarity_set, out, "--features", "similarity")
 
 
+@pytest.mark.slow  # trains heads for up to 100 epochs (about 10 s on a busy CPU)
 def test_features_similarity_learns_labels_made_from_the_similarity(similarity_set, similarity_run, capsys):
     out, with_it = similarity_run
     # The embeddings alone carry some of it (the cosine is a function of them): 0.86-0.90 over seeds 0-3.
@@ -125,6 +126,7 @@ def test_features_similarity_learns_labels_made_from_the_similarity(similarity_s
     assert head["features"] == ["similarity"]
 
 
+@pytest.mark.slow  # trains heads for up to 100 epochs (about 10 s on a busy CPU)
 def test_predict_on_a_similarity_run_gives_its_predictions_test_csv(similarity_set, similarity_run, tmp_path):
     out, _ = similarity_run
     pred = tmp_path / "pred.csv"
@@ -167,6 +169,7 @@ def test_an_unknown_feature_is_refused_listing_the_known_ones(xor_cache, tmp_pat
     assert "--features similarty: not a set of extra features; give similarity" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains heads for up to 100 epochs (about 10 s on a busy CPU)
 def test_ablate_gains_a_variant_with_the_similarity(similarity_set, tmp_path):
     out = tmp_path / "ablation"
     assert main(["ablate", "--cache-dir", str(similarity_set["cache"]), "--out", str(out), "--modalities", "text",
@@ -182,6 +185,7 @@ def test_ablate_gains_a_variant_with_the_similarity(similarity_set, tmp_path):
     assert json.loads((out / "config.json").read_text())["grid"]["features"] == ["similarity"]
 
 
+@pytest.mark.slow  # trains heads for up to 100 epochs (about 10 s on a busy CPU)
 def test_the_report_shows_the_similarity_per_class_when_the_run_read_it(similarity_set, similarity_run, tmp_path):
     out, _ = similarity_run
     summary = json.loads((out / "similarity.json").read_text())
