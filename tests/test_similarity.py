@@ -292,3 +292,36 @@ def test_a_head_config_written_before_features_loads_without_them(tmp_path):
     del payload["head"]["features"]  # as every head saved so far
     (folder / "head_config.json").write_text(json.dumps(payload))
     assert load_head(folder).config.features == ()
+
+
+def test_a_same_model_cache_of_before_the_feature_loads_without_it_and_embed_says_what_changed(
+        similarity_set, tmp_path, capsys):
+    """The cache a CLIP-as-both-towers user built before the feature: fingerprint without `features`, parts
+    without the column. It trains as before, and embed names the feature as what changed."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pipeline.embed.fingerprint import combine
+    from pipeline.files import file_sha256
+
+    old = tmp_path / "cache"
+    shutil.copytree(similarity_set["cache"], old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["features"], manifest["inputs"]["features"]
+    manifest["fingerprint"] = combine(manifest["inputs"])
+    for split, info in manifest["splits"].items():
+        for part in info["parts"]:
+            path = old / split / part["file"]
+            pq.write_table(pq.read_table(path).drop_columns(["similarity"]), path)
+            part["sha256"] = file_sha256(path)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (old / "fingerprint.json").write_text(json.dumps({"fingerprint": manifest["fingerprint"],
+                                                      "inputs": manifest["inputs"]}))
+    assert cache.load_split(old, "train").similarity is None
+    assert main(["train-head", "--cache-dir", str(old), "--out", str(tmp_path / "run"), *SMALL_FLAGS,
+                 "--max-epochs", "1", "--bootstrap", "0", "--no-report"]) == 0
+    capsys.readouterr()
+    data, clip = similarity_set["data"], similarity_set["clip"]
+    assert main(embed_flags(data, clip, clip, old) + ["--part-rows", "64", "--batch-size", "32"]) != 0
+    assert "changed: features" in capsys.readouterr().err
