@@ -14,6 +14,7 @@ by the two (hard rows, easy rows) cancels in the difference.
 import numpy as np
 
 CI_METRICS = ("accuracy", "f1_macro", "f1_fake", "f1_real", "roc_auc", "pr_auc")
+MULTICLASS_CI_METRICS = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc")  # K > 2: the argmax
 MAX_RESAMPLES = 10_000  # percentile intervals settle long before; beyond this a run takes hours on a large split
 LEVEL = 0.95
 _BLOCK_VALUES = 4_000_000  # weights per block (32 MB of float64): memory stays flat for any number of rows
@@ -80,12 +81,49 @@ def _interval(values):
 
 def bootstrap_ci(labels, prob_real, threshold=0.5, resamples=1000, seed=0, names=CI_METRICS):
     """{metric: [low, high]} 95% percentile intervals (None where a metric is undefined in every resample)."""
-    labels = np.asarray(labels)
+    return _intervals(np.asarray(labels).size, lambda weights: weighted_metrics(
+        weights, labels, prob_real, threshold, names), names, resamples, seed)
+
+
+def multiclass_bootstrap_ci(labels, probs, resamples=1000, seed=0, names=MULTICLASS_CI_METRICS):
+    """The same intervals for K classes (the argmax decision) from (N, K) probabilities."""
+    return _intervals(np.asarray(labels).size, lambda weights: weighted_multiclass_metrics(
+        weights, labels, probs, names), names, resamples, seed)
+
+
+def _intervals(rows, metrics_of, names, resamples, seed):
     draws = {name: [] for name in names}
-    for weights in resample_weights(labels.size, resamples, seed):
-        for name, values in weighted_metrics(weights, labels, prob_real, threshold, names).items():
+    for weights in resample_weights(rows, resamples, seed):
+        for name, values in metrics_of(weights).items():
             draws[name].append(values)
     return {name: _interval(np.concatenate(values)) for name, values in draws.items()}
+
+
+def weighted_multiclass_metrics(weights, labels, probs, names=MULTICLASS_CI_METRICS):
+    """{metric: (block,) values} for K classes: per-class counts as weighted sums, then one-vs-rest ranking
+    metrics per class (macro mean over the classes defined in that resample; NaN with fewer than two)."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    pred, total = probs.argmax(axis=1), weights.sum(axis=1)
+    hits, f1s, supports = 0.0, [], []
+    for k in range(probs.shape[1]):
+        true_pos = weights @ ((labels == k) & (pred == k)).astype(np.float64)
+        support = weights @ (labels == k).astype(np.float64)
+        predicted = weights @ (pred == k).astype(np.float64)
+        hits = hits + true_pos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1s.append(np.nan_to_num(2 * true_pos / (support + predicted)))
+        supports.append(support)
+    out = {"accuracy": hits / total, "f1_macro": np.mean(f1s, axis=0),
+           "f1_weighted": np.sum(np.array(f1s) * np.array(supports), axis=0) / total}
+    if {"roc_auc", "pr_auc"} & set(names):
+        per_class = [_ranking_metrics(weights, (labels == k).astype(np.int64), probs[:, k])
+                     for k in range(probs.shape[1])]
+        for name in ("roc_auc", "pr_auc"):
+            values = np.array([scores[name] for scores in per_class])  # (K, block)
+            defined = np.isfinite(values).sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = np.where(defined >= 2, np.nansum(values, axis=0) / defined, np.nan)
+    return {name: out[name] for name in names}
 
 
 def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1000, seed=0):

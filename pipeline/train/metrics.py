@@ -7,7 +7,8 @@ Conventions:
   equally, matching f1_macro); per class as precision_fake, recall_real, ...
 - roc_auc, pr_auc: threshold-free, with real as the positive class; pr_auc is
   average precision. Both are None (JSON null) when the data has one class.
-- confusion_matrix: rows = true fake, true real; columns = predicted fake, real.
+- confusion_matrix: rows = true fake, true real; columns = predicted fake, real (also as `confusion`, the
+  key of K-class runs, with `per_class` and `f1_weighted`: multiclass.class_table).
 - ece (15 equal-width confidence bins) and brier: is prob_real a probability? (calibration.py)
 - ci95 (score_probabilities only): {metric: [low, high]}, a seeded 95% percentile
   bootstrap over rows of accuracy, f1_macro, f1_fake, f1_real, roc_auc, pr_auc (bootstrap.py).
@@ -18,7 +19,9 @@ import numpy as np
 from pipeline.data.splits import CLASS_NAMES
 from pipeline.runs.threshold import decide_from_labels
 from pipeline.train.bootstrap import bootstrap_ci, with_interval
+from pipeline.train.baselines import baselines
 from pipeline.train.calibration import brier_score, expected_calibration_error
+from pipeline.train.multiclass import class_table
 
 
 def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
@@ -44,6 +47,7 @@ def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
     metrics["ece"] = expected_calibration_error(labels, prob_real)
     metrics["brier"] = brier_score(labels, prob_real)
     metrics["confusion_matrix"] = confusion.tolist()
+    metrics.update(class_table(labels, pred, CLASS_NAMES))
     metrics["loss"] = None if loss is None else float(loss)
     metrics["threshold"] = float(threshold)
     metrics["rows"] = int(labels.size)
@@ -107,7 +111,8 @@ def weighted_log_loss(labels, prob_real, class_weights=None):
     return float(np.sum(weights[labels] * -np.log(prob)) / np.sum(weights[labels]))
 
 
-def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0):
+def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0,
+                        train_labels=None):
     """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
 
     Shared by head training and end-to-end fine-tuning; each argument maps "val"
@@ -118,7 +123,8 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
     the split's metrics dicts get `ci95` (seeded by `seed`; the tuned threshold
     is held fixed inside the resamples). Each split's metrics also get `decision`: the run's decision
     threshold by the one threshold rule (pipeline.runs.threshold), at which `pred` is decided
-    (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5).
+    (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5). With `train_labels`, each split gets
+    `baselines` (pipeline.train.baselines). The predictions end with prob_fake and pred_name.
     """
     threshold = tune_threshold(labels["val"], probs["val"])
     decision = decide_from_labels(threshold, labels["val"])
@@ -127,6 +133,8 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
         metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
         metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
         metrics[name]["decision"] = decision.as_dict()
+        if train_labels is not None:
+            metrics[name]["baselines"] = baselines(labels[name], train_labels, CLASS_NAMES)
         if bootstrap:
             for values in (metrics[name], metrics[name]["tuned"]):
                 values["ci95"] = bootstrap_ci(labels[name], prob, values["threshold"], bootstrap, seed)
@@ -144,6 +152,10 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
                              "pred": (prob > decision.threshold).astype(np.int64),
                              "pred_tuned": (prob > threshold).astype(np.int64),
                              "pred_at_0.5": (prob > 0.5).astype(np.int64)}
+        # Every class's probability and the decided class's name, as K-class runs write them (after
+        # the binary columns, which keep their places).
+        predictions[name]["prob_fake"] = 1 - np.asarray(prob, dtype=np.float64)
+        predictions[name]["pred_name"] = np.array(CLASS_NAMES, dtype=object)[predictions[name]["pred"]]
     return metrics, predictions
 
 
@@ -152,8 +164,16 @@ SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "r
 
 
 def shown(metrics):
-    """The headline metrics, rounded, for `Validation metrics: {...}` lines."""
-    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in SHOWN}
+    """The headline metrics, rounded, for `Validation metrics: {...}` lines (K > 2: those it has, f1_weighted)."""
+    keys = SHOWN if "f1_fake" in metrics else [k for k in (*SHOWN, "f1_weighted") if k in metrics]
+    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in keys}
+
+
+def shown_baselines(metrics):
+    """`majority (fake) accuracy 0.600, f1_macro 0.375; stratified ...` ('' without baselines)."""
+    values = metrics.get("baselines") or {}
+    return "; ".join(f"{name}{' (' + b['class'] + ')' if 'class' in b else ''} accuracy {b['accuracy']:.3f}, "
+                     f"f1_macro {b['f1_macro']:.3f}" for name, b in values.items())
 
 
 def shown_by_presence(metrics):
@@ -163,5 +183,7 @@ def shown_by_presence(metrics):
                      for group, m in groups.items())
 def with_intervals(metrics, names=("accuracy", "f1_macro", "f1_fake", "f1_real", "roc_auc", "pr_auc")):
     """`accuracy 0.874 [0.83, 0.92], f1_macro ...`: each metric with its 95% interval when it has one."""
+    if "f1_fake" not in metrics:  # K > 2 classes
+        names = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc")
     intervals = metrics.get("ci95") or {}
     return ", ".join(f"{name} {with_interval(metrics[name], intervals.get(name))}" for name in names)
