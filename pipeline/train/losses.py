@@ -43,7 +43,8 @@ def _balanced(labels, class_names):
 
 def _explicit(mode, class_names):
     values = explicit_class_weights(mode)
-    order = "fake first, then real" if tuple(class_names) == CLASS_NAMES else f"in label order: {', '.join(class_names)}"
+    order = "fake first, then real" if tuple(class_names) == CLASS_NAMES else \
+        f"in label order: {', '.join(class_names)}"
     if values is None or len(values) != len(class_names):
         given = "" if values is None else f" gives {len(values)} numbers for {len(class_names)} classes;"
         raise UserError(f"--class-weights {mode!r}:{given} not a weighting; use {WEIGHT_MODES} ({order})")

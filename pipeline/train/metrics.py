@@ -18,8 +18,8 @@ import numpy as np
 
 from pipeline.data.splits import CLASS_NAMES
 from pipeline.runs.threshold import decide_from_labels
-from pipeline.train.bootstrap import bootstrap_ci, with_interval
 from pipeline.train.baselines import baselines
+from pipeline.train.bootstrap import bootstrap_ci, with_interval
 from pipeline.train.calibration import brier_score, expected_calibration_error
 from pipeline.train.multiclass import class_table
 
