@@ -44,8 +44,11 @@ def per_class_tables(metrics, class_names):
         values = metrics.get(split) or {}
         per_class, confusion = values.get("per_class"), values.get("confusion")
         if isinstance(per_class, dict):
-            rows = [[name, *(scores.get(k) for k in ("precision", "recall", "f1", "support"))]
-                    for name, scores in per_class.items()]
+            # metrics.json sorts its keys: show the classes in label order, as the confusion has them.
+            order = [name for name in class_names if name in per_class] + \
+                [name for name in per_class if name not in class_names]
+            rows = [[name, *(per_class[name].get(k) for k in ("precision", "recall", "f1", "support"))]
+                    for name in order]
             parts.append(f"<h3>{escape(split)} per class</h3>"
                          + table(["class", "precision", "recall", "f1", "support"], rows,
                                  table_id=f"per-class-{split}"))

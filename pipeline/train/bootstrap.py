@@ -128,7 +128,8 @@ def weighted_multiclass_metrics(weights, labels, probs, names=MULTICLASS_CI_METR
 
 def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1000, seed=0):
     """Model B minus model A on the same rows, averaged over `pairs` = [(prob_a, threshold_a, prob_b,
-    threshold_b)] (one pair per seed; several pool the seeds on the same resampled rows).
+    threshold_b)] (one pair per seed; several pool the seeds on the same resampled rows). A prob that is an
+    (N, K) matrix is scored by its argmax (its threshold is ignored).
 
     Returns {metric: {"diff", "low", "high", "p"}}: the observed difference, its paired-bootstrap 95%
     interval and a two-sided p-value, p = min(1, 2 * min(P(diff* <= 0), P(diff* >= 0))) over the
@@ -140,8 +141,8 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
     def mean_diff(weights):
         total = {name: 0.0 for name in names}
         for prob_a, threshold_a, prob_b, threshold_b in pairs:
-            a = weighted_metrics(weights, labels, prob_a, threshold_a, names)
-            b = weighted_metrics(weights, labels, prob_b, threshold_b, names)
+            a = _pair_metrics(weights, labels, prob_a, threshold_a, names)
+            b = _pair_metrics(weights, labels, prob_b, threshold_b, names)
             for name in names:
                 total[name] = total[name] + (b[name] - a[name]) / len(pairs)
         return total
@@ -159,6 +160,13 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
         low_high = _interval(values) or [None, None]
         result[name] = {"diff": float(observed[name][0]), "low": low_high[0], "high": low_high[1], "p": p}
     return result
+
+
+def _pair_metrics(weights, labels, prob, threshold, names):
+    """Binary metrics of prob_real (N,) at `threshold`, or K-class ones of (N, K) probabilities (the argmax)."""
+    if np.ndim(prob) == 2:
+        return weighted_multiclass_metrics(weights, labels, prob, names)
+    return weighted_metrics(weights, labels, prob, threshold, names)
 
 
 def excludes_zero(low, high):
