@@ -170,3 +170,15 @@ def test_ablation_with_six_classes(six_way_cache, tmp_path):
     assert set(table["modalities"]) == {"text", "image", "text+image"}
     fused = table[table["modalities"] == "text+image"].iloc[0]
     assert fused["test_f1_macro_diff"] > 0 and "test_f1_satire" in table.columns
+
+
+def test_two_classes_with_other_names_keep_the_binary_keys_and_add_their_own():
+    splits = make_splits(1200, TEXT_DIM, IMAGE_DIM, signal="both", seed=1)
+    run = train_head(splits, small_head(), small_train(metric="f1_yes", bootstrap=0), class_names=("no", "yes"))
+    test = run.metrics["test"]
+    assert set(test["per_class"]) == {"no", "yes"} and test["f1_yes"] == test["f1_real"]
+    assert test["f1_no"] == test["f1_fake"] and "threshold" in test["tuned"]
+    rows = run.predictions["test"]
+    np.testing.assert_allclose(rows["prob_yes"], rows["prob_real"])
+    np.testing.assert_allclose(rows["prob_no"] + rows["prob_yes"], 1)
+    assert set(rows["pred_name"]) <= {"no", "yes"}

@@ -78,7 +78,7 @@ def evaluate(model, splits, data, weights, config, class_names):
                   class_weights=weights.tolist(), bootstrap=config.bootstrap, seed=config.seed,
                   train_labels=splits["train"].labels)
     if binary:
-        metrics, predictions = score_probabilities(**common)
+        metrics, predictions = score_probabilities(**common, class_names=class_names)
     else:
         metrics, predictions = score_multiclass(**common, class_names=class_names)
     for name, values in calibration.items():

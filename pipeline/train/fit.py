@@ -139,7 +139,8 @@ def _val_metrics(model, features, labels, labels_np, weights, class_names):
     """The epoch's validation metrics (None when a prediction is NaN): binary or K-class ones."""
     if len(class_names) == 2:
         prob, loss = predict(model, features, labels, weights)
-        return compute_metrics(labels_np, prob, loss=loss) if np.isfinite(prob).all() else None
+        return compute_metrics(labels_np, prob, loss=loss, class_names=class_names) if np.isfinite(prob).all() \
+            else None
     probs, loss = scored_k(logits_of(model, features), labels, weights)
     return multiclass_metrics(labels_np, probs, class_names, loss=loss) if np.isfinite(probs).all() else None
 

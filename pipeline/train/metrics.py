@@ -24,7 +24,9 @@ from pipeline.train.calibration import brier_score, expected_calibration_error
 from pipeline.train.multiclass import class_table
 
 
-def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
+def compute_metrics(labels, prob_real, threshold=0.5, loss=None, class_names=CLASS_NAMES):
+    """Every binary metric of one split; `class_names` (the label column's two names) name `per_class` and
+    add `f1_<name>` beside f1_fake and f1_real when they are other names."""
     # Imported here: scikit-learn takes seconds to import, and `python -m pipeline --help` imports this module.
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -47,7 +49,9 @@ def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
     metrics["ece"] = expected_calibration_error(labels, prob_real)
     metrics["brier"] = brier_score(labels, prob_real)
     metrics["confusion_matrix"] = confusion.tolist()
-    metrics.update(class_table(labels, pred, CLASS_NAMES))
+    metrics.update(class_table(labels, pred, class_names))
+    for name in class_names:
+        metrics.setdefault(f"f1_{name}", metrics["per_class"][name]["f1"])
     metrics["loss"] = None if loss is None else float(loss)
     metrics["threshold"] = float(threshold)
     metrics["rows"] = int(labels.size)
@@ -112,7 +116,7 @@ def weighted_log_loss(labels, prob_real, class_weights=None):
 
 
 def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0,
-                        train_labels=None):
+                        train_labels=None, class_names=CLASS_NAMES):
     """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
 
     Shared by head training and end-to-end fine-tuning; each argument maps "val"
@@ -124,17 +128,19 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
     is held fixed inside the resamples). Each split's metrics also get `decision`: the run's decision
     threshold by the one threshold rule (pipeline.runs.threshold), at which `pred` is decided
     (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5). With `train_labels`, each split gets
-    `baselines` (pipeline.train.baselines). The predictions end with prob_fake and pred_name.
+    `baselines` (pipeline.train.baselines). The predictions end with prob_<class name> (prob_fake; prob_real
+    keeps its place) and pred_name; `class_names` are the two classes' names (default fake, real).
     """
     threshold = tune_threshold(labels["val"], probs["val"])
     decision = decide_from_labels(threshold, labels["val"])
     metrics, predictions = {}, {}
     for name, prob in probs.items():
-        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
-        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name], class_names=class_names)
+        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name],
+                                                 class_names=class_names)
         metrics[name]["decision"] = decision.as_dict()
         if train_labels is not None:
-            metrics[name]["baselines"] = baselines(labels[name], train_labels, CLASS_NAMES)
+            metrics[name]["baselines"] = baselines(labels[name], train_labels, class_names)
         if bootstrap:
             for values in (metrics[name], metrics[name]["tuned"]):
                 values["ci95"] = bootstrap_ci(labels[name], prob, values["threshold"], bootstrap, seed)
@@ -146,16 +152,18 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
                     y, p = np.asarray(labels[name])[rows], np.asarray(prob)[rows]
                     loss = weighted_log_loss(y, p, class_weights)
                     metrics[name]["by_presence"][group] = {
-                        **compute_metrics(y, p, loss=loss),
-                        "tuned": compute_metrics(y, p, threshold=threshold, loss=loss)}
+                        **compute_metrics(y, p, loss=loss, class_names=class_names),
+                        "tuned": compute_metrics(y, p, threshold=threshold, loss=loss, class_names=class_names)}
         predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
                              "pred": (prob > decision.threshold).astype(np.int64),
                              "pred_tuned": (prob > threshold).astype(np.int64),
                              "pred_at_0.5": (prob > 0.5).astype(np.int64)}
         # Every class's probability and the decided class's name, as K-class runs write them (after
         # the binary columns, which keep their places).
-        predictions[name]["prob_fake"] = 1 - np.asarray(prob, dtype=np.float64)
-        predictions[name]["pred_name"] = np.array(CLASS_NAMES, dtype=object)[predictions[name]["pred"]]
+        for column, values in ((f"prob_{class_names[0]}", 1 - np.asarray(prob, dtype=np.float64)),
+                               (f"prob_{class_names[1]}", np.asarray(prob, dtype=np.float64))):
+            predictions[name].setdefault(column, values)
+        predictions[name]["pred_name"] = np.array(class_names, dtype=object)[predictions[name]["pred"]]
     return metrics, predictions
 
 
