@@ -7,7 +7,9 @@ and test is scored once, with that model and that threshold.
 
 `metrics[split]` top-level keys use the default threshold 0.5 (the argmax of
 the logits); `metrics[split]["tuned"]` holds the same metrics at the threshold
-tuned on validation (optimistic on val itself, honest on test).
+tuned on validation (optimistic on val itself, honest on test). With K > 2
+classes the head has K outputs, every metric is decided by the argmax and no
+threshold is tuned (evaluate.py, multiclass.py).
 """
 
 import time
