@@ -182,3 +182,11 @@ def test_two_classes_with_other_names_keep_the_binary_keys_and_add_their_own():
     np.testing.assert_allclose(rows["prob_yes"], rows["prob_real"])
     np.testing.assert_allclose(rows["prob_no"] + rows["prob_yes"], 1)
     assert set(rows["pred_name"]) <= {"no", "yes"}
+
+
+def test_a_class_absent_from_train_is_named():
+    splits = six_way(900)
+    train = splits["train"]
+    splits["train"] = train.subset(np.flatnonzero(train.labels != 3))
+    with pytest.raises(UserError, match="no rows of class imposter"):
+        train_head(splits, small_head(num_classes=6), small_train(), class_names=NAMES)
