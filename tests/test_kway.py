@@ -190,3 +190,19 @@ def test_a_class_absent_from_train_is_named():
     splits["train"] = train.subset(np.flatnonzero(train.labels != 3))
     with pytest.raises(UserError, match="no rows of class imposter"):
         train_head(splits, small_head(num_classes=6), small_train(), class_names=NAMES)
+
+
+def test_degenerate_k_way_temperatures_are_not_used():
+    from pipeline.train.calibration import apply_temperature_logits, fit_usable_temperature_logits
+
+    labels = np.arange(60) % 3
+    separable = np.eye(3)[labels] * 5.0  # every row already right: the NLL falls all the way to T -> 0
+    used, fitted, warning = fit_usable_temperature_logits(separable, labels)
+    assert used == 1.0 and fitted < 1 and "every validation row is already on its right side" in warning
+    noise = np.random.default_rng(0).standard_normal((60, 3))
+    noise[np.arange(60), labels] -= 1.0  # the logits point away from the labels: no signal
+    assert "carry no signal" in fit_usable_temperature_logits(noise, labels)[2]
+    mixed = separable + np.random.default_rng(1).standard_normal((60, 3)) * 4
+    used, fitted, warning = fit_usable_temperature_logits(mixed, labels)
+    assert warning is None and used == fitted
+    np.testing.assert_allclose(apply_temperature_logits(mixed, used).sum(axis=1), 1)
