@@ -57,10 +57,8 @@ def metrics_section(metrics, record):
                          "decided by the argmax of the class probabilities (no threshold is tuned); ROC-AUC and "
                          "PR-AUC are one-vs-rest, macro-averaged; ECE is top-label, Brier multi-class. Intervals, "
                          "when shown, are 95% bootstrap intervals.", note=True)
-    recorded = [(metrics.get(split) or {}).get("warnings") or [] for split in ("val", "test")]
-    warnings = dict.fromkeys(line for lines in recorded for line in lines if isinstance(line, str))  # run's own
-    shown = "".join(paragraph(line, note=True) for line in warnings)
-    return Raw(shown + table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
+    # The run's own warnings are the banner at the top of the page (classes_page.warnings_banner).
+    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
                + baselines_table(metrics) + per_class_tables(metrics, record.class_names) + presence_tables(metrics))
 
 
