@@ -18,7 +18,7 @@ from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 import pipeline
 from pipeline.data.images import ImageSettings
-from pipeline.data.splits import SPLITS, read_split
+from pipeline.data.splits import CLASS_NAMES, SPLITS, read_split
 from pipeline.device import decode_workers, resolve_device
 from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
 from pipeline.e2e.export import export_model
@@ -36,6 +36,7 @@ from pipeline.runs.record import data_of_e2e
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
 from pipeline.train.run_folder import FitResult, HeadRun, write_run
+from pipeline.train.run_warnings import run_warnings
 
 
 def run_finetune(data, config, log=print, command_line=None):
@@ -95,6 +96,8 @@ def run_finetune(data, config, log=print, command_line=None):
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
+    for warning in run.warnings:  # also in metrics.json (top level and per split) and the report's banner
+        log(warning)
     log(f"run folder: {out}; re-embed its data with the exported encoders: "
         f"sh {out / 'export' / 'embed.sh'} CACHE_DIR")
     return out
@@ -226,12 +229,17 @@ def _evaluate(trainer, splits, datasets, weights, train_config):
     groups = {name: presence_groups([bool(splits[name].texts[row]) for row in datasets[name].keep],
                                     [row not in datasets[name].no_image for row in datasets[name].keep])
               for name in ("val", "test")}
+    train_labels = splits["train"].labels[datasets["train"].keep]  # the rows the weights were counted on
     metrics, predictions = score_probabilities(ids, labels, probs, losses, groups=groups,
                                                class_weights=weights.tolist(), bootstrap=train_config.bootstrap,
-                                               seed=train_config.seed)
+                                               seed=train_config.seed, train_labels=train_labels)
+    # The same sanity warnings as train-head (a model of one class, no better than the majority, small val).
+    warnings = run_warnings(metrics, predictions["test"]["pred"], labels["val"], CLASS_NAMES)
+    for name in ("val", "test"):
+        metrics[name]["warnings"] = warnings
     fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
     return HeadRun(head=trainer.model.head, fit=fit, metrics=metrics, predictions=predictions,
-                   class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None)
+                   class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None, warnings=warnings)
 
 
 def _history(state):

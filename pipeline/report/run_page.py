@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from pipeline.report.classes_page import baselines_table, per_class_tables, warnings_banner
 from pipeline.report.examples import data_settings, error_cards
 from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
 from pipeline.report.provenance import banner, cache_state, doctor_findings, encoders_table, run_encoders
@@ -23,10 +24,11 @@ def run_page(folder):
     state = cache_state(config)
     sections = [
         banner(state),
+        warnings_banner(metrics),
         section("Metrics", metrics_section(metrics, record), "metrics"),
         section("Data", data_section(config, folder, record, state), "data"),
         section("Training and curves", figures_section(folder, config), "curves"),
-        section("Worst errors", worst_errors_section(folder, data, record.decision_threshold), "errors"),
+        section("Worst errors", worst_errors_section(folder, data, record), "errors"),
         section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
     ]
     similarity = similarity_section(folder)  # only for a head that read the similarity
@@ -54,11 +56,14 @@ def metrics_section(metrics, record):
                      f"the rule: {decision.get('rule', '0.5')}; val rows per class: "
                      f"{decision.get('rows_per_class')}): its predictions files, worst errors and `predict` use it.",
                      note=True)
-    recorded = [(metrics.get(split) or {}).get("warnings") or [] for split in ("val", "test")]
-    warnings = dict.fromkeys(line for lines in recorded for line in lines if isinstance(line, str))  # run's own
-    shown = "".join(paragraph(line, note=True) for line in warnings)
-    return Raw(shown + table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
-               + presence_tables(metrics))
+    if len(record.class_names) > 2:
+        note = paragraph(f"{len(record.class_names)} classes ({', '.join(record.class_names)}): every metric is "
+                         "decided by the argmax of the class probabilities (no threshold is tuned); ROC-AUC and "
+                         "PR-AUC are one-vs-rest, macro-averaged; ECE is top-label, Brier multi-class. Intervals, "
+                         "when shown, are 95% bootstrap intervals.", note=True)
+    # The run's own warnings are the banner at the top of the page (classes_page.warnings_banner).
+    return Raw(table(["metric", *(name for name, _ in columns)], rows, table_id="metrics-table") + note
+               + baselines_table(metrics) + per_class_tables(metrics, record.class_names) + presence_tables(metrics))
 
 
 def presence_tables(metrics):
@@ -159,10 +164,14 @@ def doctor_section(state):
     return Raw(paragraph(f"From {path}") + notes + f"<ul>{items}</ul>")
 
 
-def worst_errors_section(folder, data, threshold):
+def worst_errors_section(folder, data, record):
     path = folder / "predictions_test.csv"
+    threshold = record.decision_threshold
     if not path.is_file():
         return paragraph("No predictions_test.csv in the run folder.", note=True)
+    if len(record.class_names) > 2:
+        return paragraph("Worst-error cards are drawn for two-class runs only; predictions_test.csv has each "
+                         "row's prob_<class> and pred_name.", note=True)
     predictions = read_predictions(path)
     intro = paragraph(f"The test rows predicted wrong (at the run's decision threshold {fmt(threshold)}) with the "
                       "highest confidence.", note=True)

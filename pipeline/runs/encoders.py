@@ -14,6 +14,7 @@ train-head builds it from the cache's manifest (`from_manifest`), finetune-e2e f
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.data.preprocessor import MAX_IMAGE_SIZE, RESAMPLES, RESIZE_MODES
@@ -46,6 +47,12 @@ FIELDS = (
     Field("image_family", str, optional=True),
 )
 FIX = "train the head again (or restore the file from the run it came from)"
+# What a K-class run (K > 2) writes: K names and no threshold (it decides by the argmax). Reading such a run
+# back (predict) is not done yet: read_encoders still refuses any but the two binary names.
+_K_FIELDS = tuple(
+    replace(f, check=lambda names: None if len(names) > 2 and all(isinstance(n, str) for n in names)
+            else "expected more than two class names") if f.name == "class_names" else
+    replace(f, optional=True) if f.name == "threshold" else f for f in FIELDS)
 
 
 def from_manifest(manifest):
@@ -84,12 +91,14 @@ def exported(out, pooling, max_length, clip_embedding, image, dims, text_family=
             **_family(image_family, "image_family")}
 
 
-def write_encoders(out, encoders, threshold):
+def write_encoders(out, encoders, threshold, class_names=CLASS_NAMES):
     """encoders.json in folder `out`: `encoders` (from `from_manifest` or `exported`) with the class names
-    and the run's decision threshold."""
+    and the run's decision threshold (None for K > 2 classes: the argmax decides)."""
     # As JSON will read it back (tuples become lists), so the check below sees what readers will see.
-    record = json.loads(json.dumps({**encoders, "class_names": list(CLASS_NAMES), "threshold": float(threshold)}))
-    checked(record, FIELDS, Path(out) / ENCODERS_NAME, "this is a bug: please report it")
+    record = json.loads(json.dumps({**encoders, "class_names": list(class_names),
+                                    "threshold": None if threshold is None else float(threshold)}))
+    fields = FIELDS if len(class_names) == 2 else _K_FIELDS
+    checked(record, fields, Path(out) / ENCODERS_NAME, "this is a bug: please report it")
     write_json_atomic(Path(out) / ENCODERS_NAME, record)
     return record
 

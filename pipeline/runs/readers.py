@@ -43,13 +43,33 @@ _SCORES = (Field("threshold", NUMBER, within(0, 1)), Field("rows", INTEGER, with
            Field("confusion_matrix", list, _confusion),
            *(Field(name, NUMBER, within(0, 1)) for name in ("accuracy", "f1_macro", "f1_fake", "f1_real")))
 _SPLIT = (*_SCORES, Field("tuned", dict, fields=_SCORES), Field("by_presence", dict, optional=True))
-_METRICS_FIELDS = (Field("val", dict, fields=_SPLIT), Field("test", dict, fields=_SPLIT))
+_METRICS_FIELDS = (Field("val", dict, fields=_SPLIT), Field("test", dict, fields=_SPLIT),
+                   Field("warnings", list, optional=True))
+
+
+def _k_confusion(value):
+    ok = (isinstance(value, list) and len(value) > 2 and all(
+        isinstance(row, list) and len(row) == len(value) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in row) for row in value))
+    return None if ok else "is not a K x K table of counts (K > 2)"
+
+
+# A K-class run (K > 2) decides by the argmax: no threshold, no "tuned"; per_class instead of f1_fake/f1_real.
+_K_SPLIT = (Field("rows", INTEGER, within(0, float("inf"))), Field("confusion_matrix", list, _k_confusion),
+            Field("per_class", dict), Field("by_presence", dict, optional=True),
+            *(Field(name, NUMBER, within(0, 1)) for name in ("accuracy", "f1_macro", "f1_weighted")))
+_K_METRICS_FIELDS = (Field("val", dict, fields=_K_SPLIT), Field("test", dict, fields=_K_SPLIT),
+                     Field("warnings", list, optional=True))
 
 
 def read_metrics(folder):
-    """metrics.json of a run: val and test, each with its scores at 0.5 and `tuned`, checked."""
+    """metrics.json of a run: val and test, each with its scores at 0.5 and `tuned` (K > 2 classes: its
+    argmax scores and per_class), checked."""
     path = Path(folder) / "metrics.json"
-    return checked(_read(path), _METRICS_FIELDS, path, FIX)
+    payload = _read(path)
+    confusion = ((payload.get("val") or {}) if isinstance(payload, dict) else {}).get("confusion_matrix")
+    k_way = isinstance(confusion, list) and len(confusion) > 2
+    return checked(payload, _K_METRICS_FIELDS if k_way else _METRICS_FIELDS, path, FIX)
 
 
 def read_calibration(head_folder):

@@ -12,8 +12,10 @@ ablation.csv) and pooled over seeds (the table; `*` marks an interval without 0)
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
+from pipeline.data.splits import CLASS_NAMES
 from pipeline.errors import UserError
 from pipeline.model.config import parse_modalities
 from pipeline.train.bootstrap import excludes_zero, paired_difference
@@ -66,17 +68,20 @@ def find_reference(grid, reference=None):
                     f"{', '.join(variant_name(*v) for v in grid)}")
 
 
-def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None, reference=None):
+def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None, reference=None,
+                 class_names=CLASS_NAMES):
     """One row per run (variant x seed) with every scalar metric of val and test, and its paired comparison
-    with the reference variant of the same seed; `.attrs["pooled"]` holds the comparisons pooled over seeds."""
+    with the reference variant of the same seed; `.attrs["pooled"]` holds the comparisons pooled over seeds.
+    With K > 2 `class_names` the runs decide by the argmax and are compared on it."""
     kinds = variants(modalities_options, fusions, head_config.features)
     grid = [(modalities, fusion, seed) for modalities, fusion in kinds for seed in seeds]
     ref = find_reference(kinds, reference)
     rows, test_probs = [], {}
     for number, (modalities, fusion, seed) in enumerate(grid, start=1):
-        run = train_head(splits, variant_head(head_config, modalities, fusion), replace(train_config, seed=seed))
+        run = train_head(splits, variant_head(head_config, modalities, fusion), replace(train_config, seed=seed),
+                         class_names=class_names)
         rows.append(_row(modalities, fusion, seed, run))
-        test_probs[(modalities, fusion, seed)] = run.predictions["test"]["prob_real"]
+        test_probs[(modalities, fusion, seed)] = _test_probabilities(run.predictions["test"], class_names)
         if log:
             log(f"[{number}/{len(grid)}] {rows[-1]['modalities']} {fusion} seed {seed}: "
                 f"val f1_macro {rows[-1]['val_f1_macro']:.4f}, test f1_macro {rows[-1]['test_f1_macro']:.4f} "
@@ -86,6 +91,13 @@ def run_ablation(splits, head_config, train_config, modalities_options, fusions,
     runs.attrs["pooled"] = pooled
     runs.attrs["reference"] = variant_name(*ref)
     return runs
+
+
+def _test_probabilities(rows, class_names):
+    """prob_real (N,) for two classes; (N, K) probabilities otherwise (paired_difference takes either)."""
+    if len(class_names) == 2:
+        return rows["prob_real"]
+    return np.column_stack([rows[f"prob_{name}"] for name in class_names])
 
 
 def compare_with_reference(runs, test_probs, labels, ref, train_config):
@@ -109,17 +121,22 @@ def compare_with_reference(runs, test_probs, labels, ref, train_config):
     return pooled
 
 
+# Nested values that are no column (each run's folder-less metrics keep them; the table would only hold text).
+_NOT_COLUMNS = ("tuned", "by_presence", "decision", "per_class", "confusion", "baselines")
+
+
 def _row(modalities, fusion, seed, run):
     row = {"modalities": "+".join(modalities), "fusion": fusion, "seed": seed,
            "best_epoch": run.fit.best_epoch, "epochs": len(run.fit.history), "seconds": round(run.seconds, 3)}
     for split, metrics in run.metrics.items():
-        for prefix, values in ((split, metrics), (f"{split}_tuned", metrics["tuned"])):
+        tuned = ((f"{split}_tuned", metrics["tuned"]),) if "tuned" in metrics else ()  # K > 2: the argmax only
+        for prefix, values in ((split, metrics), *tuned):
             for key, value in values.items():
                 if key == "confusion_matrix":
                     value = json.dumps(value)
-                if key not in ("tuned", "by_presence", "decision"):
+                if key not in _NOT_COLUMNS:
                     row[f"{prefix}_{key}"] = value
-        if "decision" in metrics:  # the run's own decision threshold (pipeline.runs.threshold)
+        if "decision" in metrics:  # the run's own decision threshold (pipeline.runs.threshold; K > 2: None)
             row[f"{split}_decision_threshold"] = metrics["decision"]["threshold"]
         # by_presence as columns: <split>_<group>_<metric> at 0.5, e.g. test_text_only_f1_macro
         for group, values in metrics.get("by_presence", {}).items():

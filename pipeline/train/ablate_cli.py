@@ -41,7 +41,8 @@ def add_arguments(parser):
                              "text-only variant (else the first of the grid)")
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
-    add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
+    # num_classes comes from the cache's classes, like the widths.
+    add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim", "num_classes"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
 
 
@@ -72,6 +73,7 @@ def run(args):
     out = claim_run_folder(args.out, "ablate", args.overwrite)
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
+    from pipeline.data.classes import class_names_of
     from pipeline.runs.encoders import from_manifest
     from pipeline.runs.record import write_run_record
     from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
@@ -86,14 +88,18 @@ def run(args):
     manifest, splits = load_cached_splits(args.cache_dir)
     check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
-    head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
-    print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
+    class_names = class_names_of(manifest)
+    head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"],
+                          num_classes=len(class_names))
+    print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds "
+          f"({len(class_names)} classes)")
     runs = run_ablation(splits, head_config, train_config, args.modalities, args.fusions, args.seeds, log=print,
-                        reference=args.reference)
+                        reference=args.reference, class_names=class_names)
     table = markdown_table(summarize(runs), runs.attrs["pooled"])
     out = output_folder(out, "--out")
     write_run_record(out, "ablate", cache={"dir": args.cache_dir, "fingerprint": manifest.get("fingerprint")},
-                     encoders=from_manifest(manifest), command_line=getattr(args, "command_line", None))
+                     encoders=from_manifest(manifest), command_line=getattr(args, "command_line", None),
+                     class_names=class_names)
     write_csv(out / "ablation.csv", runs)
     write_csv(out / "comparisons.csv", runs.attrs["pooled"])
     write_text_atomic(out / "ablation.md", table)

@@ -14,6 +14,7 @@ by the two (hard rows, easy rows) cancels in the difference.
 import numpy as np
 
 CI_METRICS = ("accuracy", "f1_macro", "f1_fake", "f1_real", "roc_auc", "pr_auc")
+MULTICLASS_CI_METRICS = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc")  # K > 2: the argmax
 MAX_RESAMPLES = 10_000  # percentile intervals settle long before; beyond this a run takes hours on a large split
 LEVEL = 0.95
 _BLOCK_VALUES = 4_000_000  # weights per block (32 MB of float64): memory stays flat for any number of rows
@@ -80,17 +81,55 @@ def _interval(values):
 
 def bootstrap_ci(labels, prob_real, threshold=0.5, resamples=1000, seed=0, names=CI_METRICS):
     """{metric: [low, high]} 95% percentile intervals (None where a metric is undefined in every resample)."""
-    labels = np.asarray(labels)
+    return _intervals(np.asarray(labels).size, lambda weights: weighted_metrics(
+        weights, labels, prob_real, threshold, names), names, resamples, seed)
+
+
+def multiclass_bootstrap_ci(labels, probs, resamples=1000, seed=0, names=MULTICLASS_CI_METRICS):
+    """The same intervals for K classes (the argmax decision) from (N, K) probabilities."""
+    return _intervals(np.asarray(labels).size, lambda weights: weighted_multiclass_metrics(
+        weights, labels, probs, names), names, resamples, seed)
+
+
+def _intervals(rows, metrics_of, names, resamples, seed):
     draws = {name: [] for name in names}
-    for weights in resample_weights(labels.size, resamples, seed):
-        for name, values in weighted_metrics(weights, labels, prob_real, threshold, names).items():
+    for weights in resample_weights(rows, resamples, seed):
+        for name, values in metrics_of(weights).items():
             draws[name].append(values)
     return {name: _interval(np.concatenate(values)) for name, values in draws.items()}
 
 
+def weighted_multiclass_metrics(weights, labels, probs, names=MULTICLASS_CI_METRICS):
+    """{metric: (block,) values} for K classes: per-class counts as weighted sums, then one-vs-rest ranking
+    metrics per class (macro mean over the classes defined in that resample; NaN with fewer than two)."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    pred, total = probs.argmax(axis=1), weights.sum(axis=1)
+    hits, f1s, supports = 0.0, [], []
+    for k in range(probs.shape[1]):
+        true_pos = weights @ ((labels == k) & (pred == k)).astype(np.float64)
+        support = weights @ (labels == k).astype(np.float64)
+        predicted = weights @ (pred == k).astype(np.float64)
+        hits = hits + true_pos
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1s.append(np.nan_to_num(2 * true_pos / (support + predicted)))
+        supports.append(support)
+    out = {"accuracy": hits / total, "f1_macro": np.mean(f1s, axis=0),
+           "f1_weighted": np.sum(np.array(f1s) * np.array(supports), axis=0) / total}
+    if {"roc_auc", "pr_auc"} & set(names):
+        per_class = [_ranking_metrics(weights, (labels == k).astype(np.int64), probs[:, k])
+                     for k in range(probs.shape[1])]
+        for name in ("roc_auc", "pr_auc"):
+            values = np.array([scores[name] for scores in per_class])  # (K, block)
+            defined = np.isfinite(values).sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = np.where(defined >= 2, np.nansum(values, axis=0) / defined, np.nan)
+    return {name: out[name] for name in names}
+
+
 def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1000, seed=0):
     """Model B minus model A on the same rows, averaged over `pairs` = [(prob_a, threshold_a, prob_b,
-    threshold_b)] (one pair per seed; several pool the seeds on the same resampled rows).
+    threshold_b)] (one pair per seed; several pool the seeds on the same resampled rows). A prob that is an
+    (N, K) matrix is scored by its argmax (its threshold is ignored).
 
     Returns {metric: {"diff", "low", "high", "p"}}: the observed difference, its paired-bootstrap 95%
     interval and a two-sided p-value, p = min(1, 2 * min(P(diff* <= 0), P(diff* >= 0))) over the
@@ -102,8 +141,8 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
     def mean_diff(weights):
         total = {name: 0.0 for name in names}
         for prob_a, threshold_a, prob_b, threshold_b in pairs:
-            a = weighted_metrics(weights, labels, prob_a, threshold_a, names)
-            b = weighted_metrics(weights, labels, prob_b, threshold_b, names)
+            a = _pair_metrics(weights, labels, prob_a, threshold_a, names)
+            b = _pair_metrics(weights, labels, prob_b, threshold_b, names)
             for name in names:
                 total[name] = total[name] + (b[name] - a[name]) / len(pairs)
         return total
@@ -121,6 +160,13 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
         low_high = _interval(values) or [None, None]
         result[name] = {"diff": float(observed[name][0]), "low": low_high[0], "high": low_high[1], "p": p}
     return result
+
+
+def _pair_metrics(weights, labels, prob, threshold, names):
+    """Binary metrics of prob_real (N,) at `threshold`, or K-class ones of (N, K) probabilities (the argmax)."""
+    if np.ndim(prob) == 2:
+        return weighted_multiclass_metrics(weights, labels, prob, names)
+    return weighted_metrics(weights, labels, prob, threshold, names)
 
 
 def excludes_zero(low, high):

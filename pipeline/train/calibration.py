@@ -72,17 +72,7 @@ def fit_usable_temperature(margins, labels):
     """(T to use, fitted T, warning or None): the fitted T when the fit has a finite optimum inside
     TEMPERATURE_RANGE, else T = 1 with a warning that says why (a degenerate T would push predict's
     probabilities to 0/1 or to 0.5)."""
-    fitted = fit_temperature(margins, labels)
-    low, high = TEMPERATURE_RANGE
-    why = _no_finite_optimum(margins, labels)
-    if why is None and low <= fitted <= high:
-        return fitted, fitted, None
-    if why is None:
-        why = ("the fit drives T towards 0 and every probability towards 0 or 1" if fitted < low else
-               "the fit drives T up and every probability towards 0.5")
-    return 1.0, fitted, (f"warning: --calibrate temperature: the fit gave T = {fitted:.4g}, a degenerate "
-                         f"temperature ({why}; usable: {low} to {high}); not used: the head keeps T = 1 "
-                         "(uncalibrated). Calibrate on a larger validation split")
+    return _usable(fit_temperature(margins, labels), _no_finite_optimum(margins, labels))
 
 
 def _no_finite_optimum(margins, labels):
@@ -102,3 +92,64 @@ def apply_temperature(margins, temperature):
     """prob_real = sigmoid(margin / T), computed stably."""
     z = np.asarray(margins, dtype=np.float64) / temperature
     return np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+
+
+def fit_temperature_logits(logits, labels):
+    """The T > 0 that minimises the NLL of softmax(logits / T) on these rows: K > 2's temperature, over the
+    full (N, K) logits (for K = 2 it is the margin fit above, the same optimum)."""
+    import torch
+
+    values = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(values / log_t.exp(), target)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(*_CLAMPS))
+
+
+def fit_usable_temperature_logits(logits, labels):
+    """fit_usable_temperature for (N, K) logits: (T to use, fitted T, warning or None)."""
+    fitted = fit_temperature_logits(logits, labels)
+    return _usable(fitted, _no_finite_optimum_logits(logits, labels))
+
+
+def _usable(fitted, why):
+    low, high = TEMPERATURE_RANGE
+    if why is None and low <= fitted <= high:
+        return fitted, fitted, None
+    if why is None:
+        why = ("the fit drives T towards 0 and every probability towards 0 or 1" if fitted < low else
+               "the fit drives T up and every probability towards 0.5")
+    return 1.0, fitted, (f"warning: --calibrate temperature: the fit gave T = {fitted:.4g}, a degenerate "
+                         f"temperature ({why}; usable: {low} to {high}); not used: the head keeps T = 1 "
+                         "(uncalibrated). Calibrate on a larger validation split")
+
+
+def _no_finite_optimum_logits(logits, labels):
+    """As _no_finite_optimum for K classes: the NLL of softmax(beta * z) is convex in beta = 1/T, with slope
+    -sum(z_label - mean_k z) at beta = 0; every row strictly right means it falls all the way to beta -> inf."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    own = logits[np.arange(labels.size), labels]
+    others = np.where(np.eye(logits.shape[1], dtype=bool)[labels], -np.inf, logits).max(axis=1)
+    if (own > others).all():
+        return "every validation row is already on its right side, so the NLL keeps falling as T goes to 0 " \
+               "and every probability towards 0 or 1"
+    if (own - logits.mean(axis=1)).sum() <= 0:
+        return "the validation logits carry no signal, so the NLL keeps falling as T grows and every " \
+               "probability towards 1/K"
+    return None
+
+
+def apply_temperature_logits(logits, temperature):
+    """softmax(logits / T) as float64, computed stably."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)

@@ -5,7 +5,9 @@ FusionHead with class-weighted cross-entropy and AdamW, stops early on a
 validation metric (restoring the best epoch), tunes the decision threshold on
 validation, scores test once, and writes a run folder: config.json,
 metrics.json, epochs.csv, predictions_{val,test}.csv, head/ (safetensors) and
-PNG plots. Top-level metrics use threshold 0.5; "tuned" holds the tuned ones.
+PNG plots. Top-level metrics use threshold 0.5; "tuned" holds the tuned ones. With K > 2
+classes (the cache's label column) the head has K outputs and decides by the argmax (no threshold). Every
+metrics.json has majority and stratified baselines per split and a `warnings` list, printed here too.
 Every headline metric gets a 95% bootstrap interval (--bootstrap), ECE and Brier
 score; --calibrate temperature fits a temperature on validation and stores it
 with the head; --eval-ids scores val and test only on the listed rows.
@@ -31,7 +33,8 @@ def add_arguments(parser):
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows: a `split<TAB>id` TSV as `doctor "
                              "--write-clean-ids` writes it, or one id a line")
-    add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
+    # The widths and the number of classes come from the cache, never a flag that could disagree with it.
+    add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim", "num_classes"))
     add_config_arguments(parser, TrainConfig)
 
 
@@ -44,20 +47,24 @@ def run(args):
     out = claim_run_folder(args.out or default_out(head_config, train_config.seed), "train-head", args.overwrite)
     import torch  # the heavy imports only when the command runs, so --help stays fast
 
+    from pipeline.data.classes import class_names_of
     from pipeline.runs.encoders import from_manifest
     from pipeline.train.eval_ids import apply_eval_ids
     from pipeline.train.features import check_cache_features, write_similarity_summary
     from pipeline.train.fit import load_cached_splits, train_head
-    from pipeline.train.metrics import shown, shown_by_presence, with_intervals
+    from pipeline.train.metrics import shown, shown_baselines, shown_by_presence, with_intervals
     from pipeline.train.run_folder import resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir)
     check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
-    head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
+    class_names = class_names_of(manifest)
+    head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"],
+                          num_classes=len(class_names))
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "
-          f"({', '.join(f'{name} {len(split)}' for name, split in splits.items())} rows)")
-    result = train_head(splits, head_config, train_config, log=print)
+          f"({', '.join(f'{name} {len(split)}' for name, split in splits.items())} rows; "
+          f"{len(class_names)} classes: {', '.join(class_names)})")
+    result = train_head(splits, head_config, train_config, log=print, class_names=class_names)
     config = resolved_config("train-head", args.cache_dir, manifest, head=head_config, train=train_config,
                              resolved={"device": result.device, "threads": torch.get_num_threads(),
                                        "class_weights": result.class_weights, "best_epoch": result.fit.best_epoch,
@@ -76,12 +83,19 @@ def run(args):
         metrics = result.metrics[split]
         print(f"{label} ({metrics['rows']} rows{', eval-ids only' if eval_ids else ''}; 95% bootstrap intervals): "
               f"{with_intervals(metrics)}; ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}")
+        print(f"{label} baselines: {shown_baselines(metrics)}")
     if result.temperature is not None:
         calibration = result.metrics["test"]["calibration"]
         print(f"Temperature fitted on validation: T = {result.temperature:.3f}; test ECE "
               f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} (stored in head/head_config.json)")
-    for warning in result.warnings:  # also in metrics.json ("warnings" of each split)
+    for warning in result.warnings:  # also in metrics.json (top level, and "warnings" of each split)
         print(warning)
+    args.report_folder = out  # __main__ writes its page (--report)
+    if len(class_names) > 2:
+        print(f"Decision: {result.metrics['test']['decision']['rule']}")
+        print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
+              f"{result.seconds:.1f} s)")
+        return 0
     tuned, decision = result.metrics["test"]["tuned"], result.metrics["test"]["decision"]
     print(f"Threshold tuned on validation: {tuned['threshold']:.4f} -> "
           f"test f1_macro {tuned['f1_macro']:.4f}, accuracy {tuned['accuracy']:.4f}")
@@ -89,5 +103,4 @@ def run(args):
           f"; the rule: {decision['rule']}; val has {decision['rows_per_class']} rows per class)")
     print(f"Run folder: {out} (best epoch {result.fit.best_epoch} of {len(result.fit.history)}, "
           f"{result.seconds:.1f} s)")
-    args.report_folder = out  # __main__ writes its page (--report)
     return 0

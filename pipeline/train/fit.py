@@ -7,7 +7,9 @@ and test is scored once, with that model and that threshold.
 
 `metrics[split]` top-level keys use the default threshold 0.5 (the argmax of
 the logits); `metrics[split]["tuned"]` holds the same metrics at the threshold
-tuned on validation (optimistic on val itself, honest on test).
+tuned on validation (optimistic on val itself, honest on test). With K > 2
+classes the head has K outputs, every metric is decided by the argmax and no
+threshold is tuned (evaluate.py, multiclass.py).
 """
 
 import time
@@ -15,29 +17,28 @@ import time
 import numpy as np
 import torch
 
-from pipeline.data.splits import SPLITS
+from pipeline.data.classes import class_names_of
+from pipeline.data.splits import CLASS_NAMES, SPLITS
 from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead, drop_modalities
-from pipeline.train.calibration import (
-    apply_temperature,
-    brier_score,
-    expected_calibration_error,
-    fit_usable_temperature,
-)
 from pipeline.train.class_checks import check_classes
+from pipeline.train.evaluate import evaluate, logits_of, scored, scored_k
 from pipeline.train.features import feature_tensors, scale_features
 from pipeline.train.losses import class_weights, weighted_cross_entropy
-from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
+from pipeline.train.metrics import compute_metrics
+from pipeline.train.multiclass import multiclass_metrics
 from pipeline.train.run_folder import FitResult, HeadRun
+from pipeline.train.run_warnings import run_warnings
 from pipeline.train.threads import head_threads
 
-EVAL_BATCH = 8192  # evaluation needs no gradients, so bigger batches are just faster
+__all__ = ["fit", "load_cached_splits", "logits_of", "predict", "to_features", "train_head"]
 
 
 def load_cached_splits(cache_dir, names=SPLITS):
-    """(manifest, {split: CachedSplit}) after checking that every split is there, non-empty and labelled 0/1."""
+    """(manifest, {split: CachedSplit}) after checking that every split is there, non-empty and labelled
+    0..K-1, K the number of the manifest's classes (pipeline.data.classes.class_names_of)."""
     manifest = read_manifest(cache_dir)
     where = f"{cache_dir}/manifest.json"
     dims = manifest.get("dims", {})
@@ -53,11 +54,14 @@ def load_cached_splits(cache_dir, names=SPLITS):
                         "2_way_label column); training needs labelled train, val and test splits: embed files "
                         "with labels (unlabelled posts are for `predict`)")
     splits = {name: load_split(cache_dir, name) for name in names}
+    class_names = class_names_of(manifest)
     for name, split in splits.items():
         if len(split) == 0:
             raise UserError(f"{where}: split {name!r} has no rows; embed more data for it")
-        if not np.isin(split.labels, (0, 1)).all():
-            raise UserError(f"{cache_dir}/{name}: labels must be 0 (fake) or 1 (real); re-embed the cache")
+        if not np.isin(split.labels, np.arange(len(class_names))).all():
+            allowed = "0 (fake) or 1 (real)" if len(class_names) == 2 else \
+                f"0..{len(class_names) - 1} (the manifest's classes {', '.join(class_names)})"
+            raise UserError(f"{cache_dir}/{name}: labels must be {allowed}; re-embed the cache")
         for column in ("text_emb", "image_emb"):
             finite = np.isfinite(getattr(split, column)).all(axis=1)
             if not finite.all():
@@ -75,27 +79,12 @@ def to_features(split, device):
             "has_image": torch.from_numpy(split.has_image).to(device), **feature_tensors(split, device)}
 
 
-@torch.no_grad()
-def logits_of(model, features):
-    """(N, 2) logits in eval mode, in batches of EVAL_BATCH rows."""
-    model.eval()
-    rows = next(iter(features.values())).shape[0]
-    return torch.cat([model({k: v[start:start + EVAL_BATCH] for k, v in features.items()})
-                      for start in range(0, rows, EVAL_BATCH)])
-
-
-def scored(logits, labels, weights):
-    """(prob_real as float64 NumPy (N,), class-weighted loss) of (N, 2) logits."""
-    loss = weighted_cross_entropy(logits, labels, weights).item()
-    return torch.softmax(logits.float(), dim=1)[:, 1].double().cpu().numpy(), loss
-
-
 def predict(model, features, labels, weights):
     """(prob_real as float64 NumPy (N,), loss) in eval mode; `labels` is a tensor on the features' device."""
     return scored(logits_of(model, features), labels, weights)
 
 
-def fit(model, train, val, config, weights, log=None):
+def fit(model, train, val, config, weights, log=None, class_names=CLASS_NAMES):
     """Train `model` (features dict -> logits) on `train` = (features, labels); keep the best `val` epoch.
 
     Returns after `config.patience` epochs without a strictly better validation
@@ -112,10 +101,9 @@ def fit(model, train, val, config, weights, log=None):
         if not np.isfinite(train_loss):
             raise UserError(f"epoch {epoch}: the training loss is {train_loss} (not finite); lower --lr "
                             f"({config.lr}) or the --class-weights, and check the cache's features")
-        prob, val_loss = predict(model, val_features, val_labels, weights)
-        if not np.isfinite(prob).all():
+        metrics = _val_metrics(model, val_features, val_labels, val_labels_np, weights, class_names)
+        if metrics is None:
             raise UserError(f"epoch {epoch}: the head's validation predictions are NaN; lower --lr ({config.lr})")
-        metrics = compute_metrics(val_labels_np, prob, loss=val_loss)
         score = _score(metrics, config.metric)
         history.append(_epoch_row(epoch, train_loss, metrics, config.metric, time.perf_counter() - started))
         if best_score is None or _better(score, best_score, config.metric):
@@ -150,6 +138,24 @@ def train_epoch(model, optimizer, features, labels, weights, config, generator):
     return total.item() / rows
 
 
+def _val_metrics(model, features, labels, labels_np, weights, class_names):
+    """The epoch's validation metrics (None when a prediction is NaN): binary or K-class ones."""
+    if len(class_names) == 2:
+        prob, loss = predict(model, features, labels, weights)
+        return compute_metrics(labels_np, prob, loss=loss, class_names=class_names) if np.isfinite(prob).all() \
+            else None
+    probs, loss = scored_k(logits_of(model, features), labels, weights)
+    return multiclass_metrics(labels_np, probs, class_names, loss=loss) if np.isfinite(probs).all() else None
+
+
+def check_stop_metric(name, class_names):
+    """Refuse a --metric that these classes do not have (f1_<class name> must name one of them)."""
+    known = ("f1_macro", "f1_weighted", "accuracy", "roc_auc", "pr_auc", "loss", *(f"f1_{c}" for c in class_names))
+    if name not in known:
+        raise UserError(f"--metric {name}: the classes are {', '.join(class_names)}, so use one of "
+                        f"{', '.join(known)}")
+
+
 def _score(metrics, name):
     score = metrics[name]
     if score is None:
@@ -176,69 +182,40 @@ def _format_row(row, best_epoch):
     return "  ".join(cells) + ("  *best" if row["epoch"] == best_epoch else "")
 
 
-def train_head(splits, head_config, train_config, log=None):
+def train_head(splits, head_config, train_config, log=None, class_names=CLASS_NAMES):
     """Seed, build a FusionHead, fit it on splits["train"] with early stopping on "val", then score val and test.
 
-    Refuses a train or val split of one class (and too few val rows to calibrate on) before any epoch; the
-    run's `warnings` (also in metrics.json, under each split's "warnings") say what else to read with care.
+    `class_names` are the labels' classes in label order (the cache's, class_names_of); the head has one
+    output per class. Refuses a train or val split of one class (and too few val rows to calibrate on) before
+    any epoch; the run's `warnings` (pipeline.train.run_warnings; also in metrics.json, top level and under
+    each split's "warnings") say what else to read with care.
     """
     started = time.perf_counter()
-    warnings = check_classes(splits, train_config.calibrate)
+    class_names = tuple(class_names)
+    if head_config.num_classes != len(class_names):
+        raise UserError(f"the head has {head_config.num_classes} outputs but the labels have {len(class_names)} "
+                        f"classes ({', '.join(class_names)}); K comes from the cache's label column, not a flag")
+    check_stop_metric(train_config.metric, class_names)
+    warnings = check_classes(splits, train_config.calibrate, class_names=class_names)
     device = resolve_device(train_config.device)
     threads = head_threads(train_config.threads, device)
     if threads:
         torch.set_num_threads(threads)  # process-wide, as --threads always was; the run folder records it
     torch.manual_seed(train_config.seed)  # initialisation and dropout
-    weights = class_weights(splits["train"].labels, train_config.class_weights).to(device)
+    weights = class_weights(splits["train"].labels, train_config.class_weights, class_names).to(device)
     head = FusionHead(head_config)
     scale_features(head, splits["train"])  # --features: standardised by the training rows
     head = head.to(device)
     data = {name: (to_features(splits[name], device), torch.from_numpy(splits[name].labels).to(device))
             for name in SPLITS}
-    result = fit(head, data["train"], data["val"], train_config, weights, log)
-    metrics, predictions, temperature = evaluate(head, splits, data, weights, train_config)
+    result = fit(head, data["train"], data["val"], train_config, weights, log, class_names)
+    metrics, predictions, temperature = evaluate(head, splits, data, weights, train_config, class_names)
     calibration_warning = (metrics["val"].get("calibration") or {}).get("warning")
     warnings += [calibration_warning] if calibration_warning else []
+    warnings += run_warnings(metrics, predictions["test"]["pred"], splits["val"].labels, class_names,
+                             train_config.calibrate)
     for name in ("val", "test"):
         metrics[name]["warnings"] = warnings
     return HeadRun(head=head, fit=result, metrics=metrics, predictions=predictions,
                    class_weights=weights.tolist(), device=str(device), seconds=time.perf_counter() - started,
-                   temperature=temperature, warnings=warnings)
-
-
-def evaluate(model, splits, data, weights, config):
-    """(metrics, predictions, temperature): val and test scored (see score_probabilities).
-
-    With `config.calibrate == "temperature"` one temperature is fitted on validation and
-    every reported probability is calibrated (the threshold is then tuned on calibrated
-    probabilities); each split's metrics get a `calibration` dict with ECE and Brier
-    before and after. The loss stays the model's own (uncalibrated) loss.
-    """
-    logits = {name: logits_of(model, data[name][0]) for name in ("val", "test")}  # one forward pass per split
-    outputs = {name: scored(logits[name], data[name][1], weights) for name in logits}
-    labels = {name: splits[name].labels for name in outputs}
-    probs = {name: prob for name, (prob, _) in outputs.items()}
-    temperature, calibration = None, {}
-    if config.calibrate == "temperature":
-        # logit_real - logit_fake, what temperature scaling divides
-        margins = {name: (values.double()[:, 1] - values.double()[:, 0]).cpu().numpy()
-                   for name, values in logits.items()}
-        temperature, fitted, warning = fit_usable_temperature(margins["val"], labels["val"])
-        calibrated = {name: apply_temperature(margin, temperature) for name, margin in margins.items()}
-        calibration = {name: {
-            "method": "temperature", "temperature": temperature, "fitted_temperature": fitted,
-            **({"warning": warning} if warning else {}),
-            "ece_before": expected_calibration_error(labels[name], probs[name]),
-            "ece_after": expected_calibration_error(labels[name], calibrated[name]),
-            "brier_before": brier_score(labels[name], probs[name]),
-            "brier_after": brier_score(labels[name], calibrated[name])} for name in outputs}
-        probs = calibrated
-    metrics, predictions = score_probabilities(
-        ids={name: splits[name].ids for name in outputs}, labels=labels, probs=probs,
-        losses={name: loss for name, (_, loss) in outputs.items()},
-        groups={name: presence_groups(splits[name].has_text, splits[name].has_image) for name in outputs},
-        class_weights=weights.tolist(), bootstrap=config.bootstrap, seed=config.seed,
-    )
-    for name, values in calibration.items():
-        metrics[name]["calibration"] = values
-    return metrics, predictions, temperature
+                   temperature=temperature, warnings=warnings, class_names=class_names)

@@ -1,8 +1,7 @@
 """Class weights and the class-weighted cross-entropy shared by head training and end-to-end fine-tuning.
 
-Fakeddit is imbalanced; weighting each class by n / (classes * count) makes
-both classes contribute equally to the loss, so the head does not learn to
-predict the majority class.
+Fakeddit is imbalanced (its 6-way labels far more so); weighting each class by n / (K * count) makes every
+class contribute equally to the loss, so the head does not learn to predict the majority class.
 """
 
 import numpy as np
@@ -14,34 +13,41 @@ from pipeline.errors import UserError
 from pipeline.train.config import WEIGHT_MODES, explicit_class_weights
 
 
-def class_weights(labels, mode="balanced"):
-    """(2,) float32 weights for labels 0 (fake) and 1 (real), from the *training* labels."""
+def class_weights(labels, mode="balanced", class_names=CLASS_NAMES):
+    """(K,) float32 weights for labels 0..K-1 (K = len(class_names)), from the *training* labels."""
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
-        raise UserError(f"labels must be 0 (fake) or 1 (real); found {sorted(set(labels.tolist()) - {0, 1})[:5]}")
+    num_classes = len(class_names)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        found = sorted(set(labels.tolist()) - set(range(num_classes)))[:5]
+        if num_classes == 2:
+            raise UserError(f"labels must be 0 (fake) or 1 (real); found {found}")
+        raise UserError(f"labels must be 0..{num_classes - 1} ({', '.join(class_names)}); found {found}")
     if mode == "none":
-        return torch.ones(len(CLASS_NAMES))
-    if mode == "balanced":
-        return torch.tensor(_balanced(labels), dtype=torch.float32)
-    return torch.tensor(_explicit(mode), dtype=torch.float32)
+        return torch.ones(num_classes)
+    if mode in ("balanced", "auto"):
+        return torch.tensor(_balanced(labels, class_names), dtype=torch.float32)
+    return torch.tensor(_explicit(mode, class_names), dtype=torch.float32)
 
 
-def _balanced(labels):
-    counts = np.bincount(labels, minlength=len(CLASS_NAMES))
-    missing = [name for name, count in zip(CLASS_NAMES, counts) if count == 0]
+def _balanced(labels, class_names):
+    counts = np.bincount(labels, minlength=len(class_names))
+    missing = [name for name, count in zip(class_names, counts) if count == 0]
     if missing:
         raise UserError(
             f"the training split has no {' or '.join(missing)} rows ({labels.size} rows in all), so balanced "
             "class weights would divide by zero and the head could learn only one answer; "
-            "embed a training split with both classes"
+            f"embed a training split with {'both classes' if len(class_names) == 2 else 'every class'}"
         )
-    return labels.size / (len(CLASS_NAMES) * counts)
+    return labels.size / (len(class_names) * counts)
 
 
-def _explicit(mode):
+def _explicit(mode, class_names):
     values = explicit_class_weights(mode)
-    if values is None:
-        raise UserError(f"--class-weights {mode!r}: not a weighting; use {WEIGHT_MODES} (fake first, then real)")
+    order = "fake first, then real" if tuple(class_names) == CLASS_NAMES else \
+        f"in label order: {', '.join(class_names)}"
+    if values is None or len(values) != len(class_names):
+        given = "" if values is None else f" gives {len(values)} numbers for {len(class_names)} classes;"
+        raise UserError(f"--class-weights {mode!r}:{given} not a weighting; use {WEIGHT_MODES} ({order})")
     return values
 
 

@@ -7,7 +7,8 @@ Conventions:
   equally, matching f1_macro); per class as precision_fake, recall_real, ...
 - roc_auc, pr_auc: threshold-free, with real as the positive class; pr_auc is
   average precision. Both are None (JSON null) when the data has one class.
-- confusion_matrix: rows = true fake, true real; columns = predicted fake, real.
+- confusion_matrix: rows = true fake, true real; columns = predicted fake, real (also as `confusion`, the
+  key of K-class runs, with `per_class` and `f1_weighted`: multiclass.class_table).
 - ece (15 equal-width confidence bins) and brier: is prob_real a probability? (calibration.py)
 - ci95 (score_probabilities only): {metric: [low, high]}, a seeded 95% percentile
   bootstrap over rows of accuracy, f1_macro, f1_fake, f1_real, roc_auc, pr_auc (bootstrap.py).
@@ -17,11 +18,15 @@ import numpy as np
 
 from pipeline.data.splits import CLASS_NAMES
 from pipeline.runs.threshold import decide_from_labels
+from pipeline.train.baselines import baselines
 from pipeline.train.bootstrap import bootstrap_ci, with_interval
 from pipeline.train.calibration import brier_score, expected_calibration_error
+from pipeline.train.multiclass import class_table
 
 
-def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
+def compute_metrics(labels, prob_real, threshold=0.5, loss=None, class_names=CLASS_NAMES):
+    """Every binary metric of one split; `class_names` (the label column's two names) name `per_class` and
+    add `f1_<name>` beside f1_fake and f1_real when they are other names."""
     # Imported here: scikit-learn takes seconds to import, and `python -m pipeline --help` imports this module.
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -44,6 +49,9 @@ def compute_metrics(labels, prob_real, threshold=0.5, loss=None):
     metrics["ece"] = expected_calibration_error(labels, prob_real)
     metrics["brier"] = brier_score(labels, prob_real)
     metrics["confusion_matrix"] = confusion.tolist()
+    metrics.update(class_table(labels, pred, class_names))
+    for name in class_names:
+        metrics.setdefault(f"f1_{name}", metrics["per_class"][name]["f1"])
     metrics["loss"] = None if loss is None else float(loss)
     metrics["threshold"] = float(threshold)
     metrics["rows"] = int(labels.size)
@@ -107,7 +115,8 @@ def weighted_log_loss(labels, prob_real, class_weights=None):
     return float(np.sum(weights[labels] * -np.log(prob)) / np.sum(weights[labels]))
 
 
-def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0):
+def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=None, bootstrap=1000, seed=0,
+                        train_labels=None, class_names=CLASS_NAMES):
     """Tune the threshold on val only, then score val and test at 0.5 and at that threshold.
 
     Shared by head training and end-to-end fine-tuning; each argument maps "val"
@@ -118,15 +127,20 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
     the split's metrics dicts get `ci95` (seeded by `seed`; the tuned threshold
     is held fixed inside the resamples). Each split's metrics also get `decision`: the run's decision
     threshold by the one threshold rule (pipeline.runs.threshold), at which `pred` is decided
-    (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5).
+    (`pred_tuned` at the tuned threshold, `pred_at_0.5` at 0.5). With `train_labels`, each split gets
+    `baselines` (pipeline.train.baselines). The predictions end with prob_<class name> (prob_fake; prob_real
+    keeps its place) and pred_name; `class_names` are the two classes' names (default fake, real).
     """
     threshold = tune_threshold(labels["val"], probs["val"])
     decision = decide_from_labels(threshold, labels["val"])
     metrics, predictions = {}, {}
     for name, prob in probs.items():
-        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name])
-        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name])
+        metrics[name] = compute_metrics(labels[name], prob, loss=losses[name], class_names=class_names)
+        metrics[name]["tuned"] = compute_metrics(labels[name], prob, threshold=threshold, loss=losses[name],
+                                                 class_names=class_names)
         metrics[name]["decision"] = decision.as_dict()
+        if train_labels is not None:
+            metrics[name]["baselines"] = baselines(labels[name], train_labels, class_names)
         if bootstrap:
             for values in (metrics[name], metrics[name]["tuned"]):
                 values["ci95"] = bootstrap_ci(labels[name], prob, values["threshold"], bootstrap, seed)
@@ -138,12 +152,18 @@ def score_probabilities(ids, labels, probs, losses, groups=None, class_weights=N
                     y, p = np.asarray(labels[name])[rows], np.asarray(prob)[rows]
                     loss = weighted_log_loss(y, p, class_weights)
                     metrics[name]["by_presence"][group] = {
-                        **compute_metrics(y, p, loss=loss),
-                        "tuned": compute_metrics(y, p, threshold=threshold, loss=loss)}
+                        **compute_metrics(y, p, loss=loss, class_names=class_names),
+                        "tuned": compute_metrics(y, p, threshold=threshold, loss=loss, class_names=class_names)}
         predictions[name] = {"id": ids[name], "label": labels[name], "prob_real": prob,
                              "pred": (prob > decision.threshold).astype(np.int64),
                              "pred_tuned": (prob > threshold).astype(np.int64),
                              "pred_at_0.5": (prob > 0.5).astype(np.int64)}
+        # Every class's probability and the decided class's name, as K-class runs write them (after
+        # the binary columns, which keep their places).
+        for column, values in ((f"prob_{class_names[0]}", 1 - np.asarray(prob, dtype=np.float64)),
+                               (f"prob_{class_names[1]}", np.asarray(prob, dtype=np.float64))):
+            predictions[name].setdefault(column, values)
+        predictions[name]["pred_name"] = np.array(class_names, dtype=object)[predictions[name]["pred"]]
     return metrics, predictions
 
 
@@ -152,8 +172,16 @@ SHOWN = ("accuracy", "f1_macro", "f1_fake", "f1_real", "precision", "recall", "r
 
 
 def shown(metrics):
-    """The headline metrics, rounded, for `Validation metrics: {...}` lines."""
-    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in SHOWN}
+    """The headline metrics, rounded, for `Validation metrics: {...}` lines (K > 2: those it has, f1_weighted)."""
+    keys = SHOWN if "f1_fake" in metrics else [k for k in (*SHOWN, "f1_weighted") if k in metrics]
+    return {key: None if metrics[key] is None else round(metrics[key], 4) for key in keys}
+
+
+def shown_baselines(metrics):
+    """`majority (fake) accuracy 0.600, f1_macro 0.375; stratified ...` ('' without baselines)."""
+    values = metrics.get("baselines") or {}
+    return "; ".join(f"{name}{' (' + b['class'] + ')' if 'class' in b else ''} accuracy {b['accuracy']:.3f}, "
+                     f"f1_macro {b['f1_macro']:.3f}" for name, b in values.items())
 
 
 def shown_by_presence(metrics):
@@ -163,5 +191,7 @@ def shown_by_presence(metrics):
                      for group, m in groups.items())
 def with_intervals(metrics, names=("accuracy", "f1_macro", "f1_fake", "f1_real", "roc_auc", "pr_auc")):
     """`accuracy 0.874 [0.83, 0.92], f1_macro ...`: each metric with its 95% interval when it has one."""
+    if "f1_fake" not in metrics:  # K > 2 classes
+        names = ("accuracy", "f1_macro", "f1_weighted", "roc_auc", "pr_auc")
     intervals = metrics.get("ci95") or {}
     return ", ".join(f"{name} {with_interval(metrics[name], intervals.get(name))}" for name in names)

@@ -1,5 +1,8 @@
 """PNG plots of a head run: training curves, confusion matrices, ROC and PR curves, reliability diagram.
 
+With K > 2 classes the confusion matrices are K x K (decided by the argmax), the ROC and PR curves are
+one-vs-rest, one curve per class on test, and the reliability diagram bins the top probability.
+
 Figures are built with matplotlib's object API (no pyplot), so plotting never
 touches a display or global state; matplotlib is imported only when plotting.
 """
@@ -37,36 +40,52 @@ def plot_training_curves(history, best_epoch, path):
     _save(fig, path)
 
 
-def plot_confusion_matrices(metrics, path):
-    """One matrix per split at the default threshold 0.5; rows are true classes."""
+def plot_confusion_matrices(metrics, path, class_names=CLASS_NAMES):
+    """One matrix per split at the default threshold 0.5 (K > 2: the argmax); rows are true classes."""
+    metrics = {split: values for split, values in metrics.items() if isinstance(values, dict)}
+    ticks, decided = list(range(len(class_names))), "threshold 0.5" if len(class_names) == 2 else "argmax"
     fig, axes = _figure(len(metrics))
+    if len(class_names) > 3:
+        fig.set_size_inches(5 * len(metrics) + len(class_names) / 2, 4 + len(class_names) / 3)
     for ax, (split, values) in zip(axes, metrics.items()):
         matrix = np.array(values["confusion_matrix"])
         ax.imshow(matrix, cmap="Blues")
         for (row, col), count in np.ndenumerate(matrix):
             ax.text(col, row, str(count), ha="center", va="center",
                     color="white" if count > matrix.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-               xlabel="predicted", ylabel="true", title=f"{split} (threshold 0.5)")
+        ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=f"{split} ({decided})")
+        ax.set_xticklabels(class_names, rotation=45 if len(class_names) > 2 else 0, ha="right" if
+                           len(class_names) > 2 else "center")
+        ax.set_yticklabels(class_names)
     _save(fig, path)
 
 
-def plot_roc_pr(predictions, roc_path, pr_path):
-    """ROC and precision-recall curves of each split, real as the positive class."""
+def _curves(predictions, class_names):
+    """(curve label, 0/1 truth, score) per curve: each split, real as the positive class; for K > 2 one
+    curve per class of the test split, that class against the rest."""
+    if len(class_names) == 2:
+        return [(split, np.asarray(rows["label"]), rows["prob_real"]) for split, rows in predictions.items()]
+    rows = predictions["test"]
+    return [(name, (np.asarray(rows["label"]) == index).astype(int), rows[f"prob_{name}"])
+            for index, name in enumerate(class_names)]
+
+
+def plot_roc_pr(predictions, roc_path, pr_path, class_names=CLASS_NAMES):
+    """ROC and precision-recall curves of each split, real as the positive class (K > 2: one-vs-rest on test)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
     roc_fig, (roc_ax,) = _figure()
     pr_fig, (pr_ax,) = _figure()
-    for split, rows in predictions.items():
-        labels, prob = rows["label"], rows["prob_real"]
-        if len(np.unique(labels)) < 2:
+    for label, truth, prob in _curves(predictions, class_names):
+        if len(np.unique(truth)) < 2:
             continue  # a one-class split has no curve
-        fpr, tpr, _ = roc_curve(labels, prob)
-        precision, recall, _ = precision_recall_curve(labels, prob)
-        roc_ax.plot(fpr, tpr, label=split)
-        pr_ax.plot(recall, precision, label=split)
+        fpr, tpr, _ = roc_curve(truth, prob)
+        precision, recall, _ = precision_recall_curve(truth, prob)
+        roc_ax.plot(fpr, tpr, label=label)
+        pr_ax.plot(recall, precision, label=label)
+    positive, what = ("real", "") if len(class_names) == 2 else ("the class", ", test, one-vs-rest")
     roc_ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate (real)", title="ROC")
-    pr_ax.set(xlabel="recall (real)", ylabel="precision (real)", title="precision-recall")
+    roc_ax.set(xlabel="false positive rate", ylabel=f"true positive rate ({positive})", title=f"ROC{what}")
+    pr_ax.set(xlabel=f"recall ({positive})", ylabel=f"precision ({positive})", title=f"precision-recall{what}")
     for fig, ax, path in ((roc_fig, roc_ax, roc_path), (pr_fig, pr_ax, pr_path)):
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -90,18 +109,25 @@ def plot_ablation(runs, path, metric="test_f1_macro"):
     _save(fig, path)
 
 
-def plot_reliability(predictions, path):
+def plot_reliability(predictions, path, class_names=CLASS_NAMES):
     """Reliability diagram: accuracy against mean confidence per confidence bin (15 bins), per split."""
     from pipeline.train.calibration import expected_calibration_error, reliability_bins
+    from pipeline.train.multiclass import top_label_ece, top_label_reliability
 
     fig, (ax,) = _figure()
     for split, rows in predictions.items():
-        confidence, accuracy, _ = reliability_bins(rows["label"], rows["prob_real"])
-        ece = expected_calibration_error(rows["label"], rows["prob_real"])
+        if len(class_names) == 2:
+            confidence, accuracy, _ = reliability_bins(rows["label"], rows["prob_real"])
+            ece = expected_calibration_error(rows["label"], rows["prob_real"])
+        else:
+            probs = np.column_stack([rows[f"prob_{name}"] for name in class_names])
+            confidence, accuracy, _ = top_label_reliability(rows["label"], probs)
+            ece = top_label_ece(rows["label"], probs)
         ax.plot(confidence, accuracy, marker="o", label=f"{split} (ECE {ece:.3f})")
-    ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle="--", linewidth=1)
+    low = 1 / len(class_names)  # the top probability is at least 1/K
+    ax.plot([low, 1], [low, 1], color="grey", linestyle="--", linewidth=1)
     ax.set(xlabel="confidence (predicted class's probability)", ylabel="accuracy", title="reliability",
-           xlim=(0.48, 1.02))
+           xlim=(low - 0.02, 1.02))
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     _save(fig, path)

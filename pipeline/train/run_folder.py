@@ -2,10 +2,12 @@
 
     run.json                 the run record (kind, cache, encoders, decision threshold...): pipeline.runs.record
     config.json              resolved head + training config, cache path, fingerprint and dims
-    metrics.json             {"val": {...}, "test": {...}}; top level at threshold 0.5, "tuned" at the val-tuned one
+    metrics.json             {"val": {...}, "test": {...}, "warnings": [...]}; each split at threshold 0.5 with
+                             "tuned" at the val-tuned one (K > 2: the argmax, no "tuned")
     epochs.csv               one row per epoch: train_loss, val_loss, val metrics, seconds
     predictions_val.csv      id, label, prob_real, pred (the run's decision threshold, pipeline.runs.threshold),
-                             pred_tuned (tuned threshold), pred_at_0.5
+                             pred_tuned (tuned threshold), pred_at_0.5, prob_fake, pred_name; for K > 2 classes:
+                             id, label, prob_<class name> for each class, pred (the argmax), pred_name
     predictions_test.csv
     head/                    model.safetensors + head_config.json (loads with pipeline.head.load_head);
                              with --calibrate temperature, head_config.json's extra.calibration.temperature
@@ -19,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import pipeline
+from pipeline.data.splits import CLASS_NAMES
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.head import FusionHead, save_head
 from pipeline.runs.encoders import write_encoders
@@ -49,6 +52,7 @@ class HeadRun:
     seconds: float
     temperature: float = None  # set by --calibrate temperature: prob_real = sigmoid((logit_real - logit_fake) / T)
     warnings: list = field(default_factory=list)  # "warning: ..." lines to print; also in metrics.json
+    class_names: tuple = CLASS_NAMES  # in label order; K = len(class_names) outputs
 
 
 def default_out(head_config, seed):
@@ -72,14 +76,16 @@ def write_run(out, run, config, encoders=None, command_line=None, data=None):
     config["command"]); `data` is finetune-e2e's split files (pipeline.runs.record).
     """
     out = output_folder(out, "--out")
-    decision = Decision.from_dict(run.metrics["val"]["decision"])
+    binary = len(run.class_names) == 2
+    decision = Decision.from_dict(run.metrics["val"]["decision"]) if binary else None  # K > 2: the argmax
     cache = config.get("cache")
     write_run_record(out, config["command"], cache=cache, encoders=encoders, decision=decision, data=data,
-                     command_line=command_line)
+                     command_line=command_line, class_names=run.class_names)
     write_json_atomic(out / "config.json", config)
     if encoders is not None:
-        write_encoders(out, encoders, decision.threshold)
-    write_json_atomic(out / "metrics.json", run.metrics)
+        write_encoders(out, encoders, decision.threshold if binary else None, run.class_names)
+    # The run's warnings at the top level too (readers take "val" and "test" by name).
+    write_json_atomic(out / "metrics.json", {**run.metrics, "warnings": list(run.warnings)})
     write_csv(out / "epochs.csv", run.fit.history)
     for split, columns in run.predictions.items():
         write_csv(out / f"predictions_{split}.csv", columns)
@@ -88,9 +94,9 @@ def write_run(out, run, config, encoders=None, command_line=None, data=None):
         config = dict(config, calibration={"method": "temperature", "temperature": run.temperature})
     save_head(out / "head", run.head, extra_config=config)
     plot_training_curves(run.fit.history, run.fit.best_epoch, out / "curves.png")
-    plot_confusion_matrices(run.metrics, out / "confusion_matrix.png")
-    plot_roc_pr(run.predictions, out / "roc.png", out / "pr.png")
-    plot_reliability(run.predictions, out / "reliability.png")
+    plot_confusion_matrices(run.metrics, out / "confusion_matrix.png", run.class_names)
+    plot_roc_pr(run.predictions, out / "roc.png", out / "pr.png", run.class_names)
+    plot_reliability(run.predictions, out / "reliability.png", run.class_names)
     return out
 
 
