@@ -63,9 +63,10 @@ def test_predict_on_the_test_split_gives_the_runs_own_probabilities(which, reque
     assert main(predict_flags(run["run"], unlabelled, out, run["data"])) == 0
     got = read_results(out)
     expected = pd.read_csv(run["run"] / "predictions_test.csv", dtype={"id": str})
-    assert list(got.columns) == ["id", "prob_real", "pred", "pred_name", "status", "reason"]
+    assert list(got.columns) == ["id", "prob_real", "pred", "pred_name", "status", "reason", "prob_fake"]
     assert list(got["id"]) == list(expected["id"]) and (got["status"] == "ok").all()
     np.testing.assert_allclose(got["prob_real"], expected["prob_real"], atol=1e-5)
+    np.testing.assert_allclose(got["prob_fake"] + got["prob_real"], 1.0, atol=1e-12)
     threshold = json.loads((run["run"] / "encoders.json").read_text())["threshold"]
     assert list(got["pred"]) == list((got["prob_real"] > threshold).astype(int))
     assert set(got["pred_name"]) <= {"fake", "real"}
@@ -96,7 +97,7 @@ def test_api_and_cli_agree_with_pil_images(head_run, tmp_path):
     clf = Classifier.from_run(head_run["run"], device="cpu", batch_size=3)
     api = clf.predict(rows["clean_title"], images, ids=rows["id"], labels=rows["2_way_label"].astype(int))
     assert list(api.columns) == list(cli.columns) == ["id", "prob_real", "pred", "pred_name", "status", "reason",
-                                                      "label", "correct"]
+                                                      "prob_fake", "label", "correct"]
     assert list(api["id"]) == list(cli["id"])
     np.testing.assert_allclose(api["prob_real"], cli["prob_real"], atol=1e-5)
     assert list(api["pred"]) == list(cli["pred"]) and list(api["correct"]) == list(cli["correct"])
@@ -126,7 +127,7 @@ def test_bad_rows_keep_their_place_with_a_status(head_run, tmp_path):
     assert got["prob_real"].isna().tolist() == [False, True, True, True, False, False]
     assert got["pred"].isna().tolist() == got["prob_real"].isna().tolist()
     lines = out.read_text().splitlines()
-    assert lines[2] == "gone,,,,missing_file,missing_file"  # empty probability, prediction and name
+    assert lines[2] == "gone,,,,missing_file,missing_file,"  # empty probabilities, prediction and name
     assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data, "--on-bad-image", "fail")) == 2
     # by default the head's missing vectors score the half-posts
     assert main(predict_flags(head_run["run"], tmp_path / "bad.tsv", out, data)) == 0

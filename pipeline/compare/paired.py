@@ -11,23 +11,21 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
-from pipeline.train.bootstrap import paired_difference, weighted_metrics
+from pipeline.train.bootstrap import pair_metrics, paired_difference
 
 BOOTSTRAP_METRICS = ("accuracy", "f1_macro", "f1_fake", "f1_real")  # f1_fake: class 0, f1_real: class 1
+MULTICLASS_METRICS = ("accuracy", "f1_macro", "f1_weighted")  # K > 2: each run decides by its argmax
 COLUMNS = ("run", "reference", "metric", "difference", "ci_low", "ci_high", "p_value", "rows")
 
 
 def check_label_sets(runs):
-    """One label set (class names, in order) for every run; two classes, as the paired bootstrap scores them."""
+    """One label set (class names, in order) for every run."""
     sets = {run.class_names for run in runs}
     if len(sets) > 1:
         listed = "; ".join(f"{run.name}: {', '.join(run.class_names)}" for run in runs)
         raise UserError(f"the runs have different label sets ({listed}); compare only runs trained on the same "
                         "classes")
-    names = runs[0].class_names
-    if len(names) != 2:
-        raise UserError(f"{runs[0].name}: {len(names)} classes ({', '.join(names)}); compare scores two-class runs")
-    return names
+    return runs[0].class_names
 
 
 def reference_index(runs, reference=None):
@@ -83,6 +81,8 @@ def _check_labels_agree(runs, rows, reference):
 def thresholds(runs, which):
     """{run name: decision threshold}: each run's own (`run`, the one its predictions files decide at), 0.5 for
     every run, or with `tuned` each run's val-tuned threshold."""
+    if runs[0].prob_real.ndim == 2:  # K > 2 classes: the argmax decides, whatever --threshold says
+        return {run.name: None for run in runs}
     if which == "run":
         return {run.name: float(run.decision_threshold) for run in runs}
     if which == "0.5":
@@ -98,8 +98,8 @@ def scores(runs, rows, cuts, class_names):
     result = {}
     for run in runs:
         index = rows[run.name]
-        values = weighted_metrics(np.ones((1, index.size)), run.labels[index], run.prob_real[index],
-                                  cuts[run.name], BOOTSTRAP_METRICS)
+        values = pair_metrics(np.ones((1, index.size)), run.labels[index], run.prob_real[index],
+                               cuts[run.name], compared_metrics(class_names))
         result[run.name] = {_metric_name(name, class_names): float(v[0]) for name, v in values.items()}
     return result
 
@@ -113,12 +113,18 @@ def compare_runs(runs, reference, rows, cuts, class_names, resamples, seed):
         if run is ref:
             continue
         pair = (ref.prob_real[rows[ref.name]], cuts[ref.name], run.prob_real[rows[run.name]], cuts[run.name])
-        result = paired_difference(labels, [pair], BOOTSTRAP_METRICS, resamples, seed)
+        result = paired_difference(labels, [pair], compared_metrics(class_names), resamples, seed)
         for name, values in result.items():
             table.append({"run": run.name, "reference": ref.name, "metric": _metric_name(name, class_names),
                           "difference": values["diff"], "ci_low": values["low"], "ci_high": values["high"],
                           "p_value": values["p"], "rows": int(labels.size)})
     return table
+
+
+def compared_metrics(class_names):
+    """The metrics compared: binary accuracy, macro-F1 and each class's F1; K > 2 accuracy, macro- and
+    weighted-F1 of the argmax."""
+    return BOOTSTRAP_METRICS if len(class_names) == 2 else MULTICLASS_METRICS
 
 
 def _metric_name(name, class_names):

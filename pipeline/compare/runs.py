@@ -25,7 +25,7 @@ class RunPredictions:
     class_names: tuple
     ids: np.ndarray  # (N,) object (str), in the file's order
     labels: np.ndarray  # (N,) int64
-    prob_real: np.ndarray  # (N,) float64
+    prob_real: np.ndarray  # (N,) float64 for two classes; (N, K) class probabilities for K > 2
     decision_threshold: float  # the threshold the run decides at (its predictions files' pred column)
     tuned_threshold: float  # the threshold tuned on validation; None when the run has none
     seed: int  # the training seed; None when config.json has none
@@ -49,17 +49,25 @@ def load_run(run_dir):
     frame = read_predictions(folder / PREDICTIONS)
     if frame.empty:
         raise UserError(f"{folder / PREDICTIONS}: holds no rows; rerun the run that wrote it")
-    unscored = frame["prob_real"].isna() | frame["label"].isna()
+    names = tuple(record.class_names)
+    columns = ["prob_real"] if len(names) == 2 else [f"prob_{name}" for name in names]
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise UserError(f"{folder / PREDICTIONS}: no column {absent[0]} for the run's classes ({', '.join(names)}); "
+                        "rerun the run that wrote it")
+    unscored = frame[columns].isna().any(axis=1) | frame["label"].isna()
     if unscored.any():
         line = int(np.flatnonzero(unscored.to_numpy())[0]) + 2
-        raise UserError(f"{folder / PREDICTIONS}: line {line}: no label or prob_real; rerun the run that wrote it")
+        raise UserError(f"{folder / PREDICTIONS}: line {line}: no label or {' / '.join(columns)}; rerun the run "
+                        "that wrote it")
+    probs = frame[columns].to_numpy(np.float64)
     config = read_config(folder)
     train = config.get("train") or (config.get("finetune") or {}).get("train") or {}
     encoders = record.encoders or {}
     return RunPredictions(
-        name=str(run_dir), folder=folder, command=record.kind, class_names=tuple(record.class_names),
+        name=str(run_dir), folder=folder, command=record.kind, class_names=names,
         ids=frame["id"].to_numpy(dtype=object), labels=frame["label"].to_numpy(np.int64),
-        prob_real=frame["prob_real"].to_numpy(np.float64), decision_threshold=record.decision_threshold,
+        prob_real=probs[:, 0] if len(names) == 2 else probs, decision_threshold=record.decision_threshold,
         tuned_threshold=record.tuned_threshold, seed=train.get("seed"),
         provenance={"fingerprint": (record.cache or {}).get("fingerprint"),
                     "text_model": _model_path(encoders.get("text_model")),

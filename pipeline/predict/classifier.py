@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.data.classes import BINARY_CLASS_NAMES
 from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, ImageSettings, image_pixels, load_image
-from pipeline.data.splits import CLASS_NAMES
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import UserError
 from pipeline.model.batch import prepare_batch
@@ -34,7 +34,7 @@ from pipeline.predict.config import parse_threshold
 from pipeline.predict.run import predict_file, read_results, results_frame
 from pipeline.runs.readers import read_calibration
 from pipeline.runs.record import read_run
-from pipeline.train.calibration import apply_temperature
+from pipeline.train.calibration import apply_temperature, apply_temperature_logits
 
 SCORE_BATCH = 8192  # the head alone: bigger batches are just faster
 
@@ -78,9 +78,19 @@ def _host(vectors):
     return torch.as_tensor(vectors).detach().float().cpu().numpy()
 
 
+def _argmax_only(threshold, class_names):
+    """K > 2 classes are decided by the argmax: a threshold other than the run's own is refused."""
+    if threshold != "run":
+        raise UserError(f"threshold {threshold!r}: this run has {len(class_names)} classes "
+                        f"({', '.join(class_names)}) and decides by the highest probability; a threshold applies to "
+                        "two-class runs only; leave it out")
+    return None
+
+
 class Classifier:
     def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64,
-                 temperature=None):
+                 temperature=None, class_names=BINARY_CLASS_NAMES):
+        self.class_names = tuple(class_names)  # in label order; K > 2 decides by the argmax (threshold None)
         self.model = model  # EncodersWithHead with the run's head, in eval mode
         self.temperature = temperature  # from `train-head --calibrate temperature`; None: the plain softmax
         self.tokenizer = tokenizer
@@ -103,8 +113,9 @@ class Classifier:
         if run.kind not in ("train-head", "finetune-e2e"):
             raise UserError(f"{run_dir}: a {run.kind} folder, which holds no single head; point at a run folder "
                             "of train-head or finetune-e2e")
-        decide_at = run_threshold(run, threshold)
         record = guard.read_record(run_dir)
+        class_names = tuple(record["class_names"])
+        decide_at = run_threshold(run, threshold) if len(class_names) == 2 else _argmax_only(threshold, class_names)
         given = {"text_model": text_model, "clip_model": clip_model, "clip_lora": clip_lora, "pooling": pooling}
         encoders, warnings = guard.resolve(run_dir, record, given, allow_other_encoders)
         device = resolve_device(device)
@@ -112,6 +123,9 @@ class Classifier:
                                   encoders["lora_alpha"], encoders["pooling"], encoders["clip_embedding"])
         model.head = load_head(run_dir / "head", dims=model.dims,
                                dims_source=f"the encoders {encoders['text_model']} and {encoders['clip_model']}")
+        if model.head.config.num_classes != len(class_names):
+            raise UserError(f"{run_dir}: its head has {model.head.config.num_classes} outputs but encoders.json names "
+                            f"{len(class_names)} classes; train the head again")
         image = {**encoders["image"], "mean": tuple(encoders["image"]["mean"]), "std": tuple(encoders["image"]["std"])}
         if max_pixels is not None:
             image["max_pixels"] = max_pixels
@@ -121,7 +135,7 @@ class Classifier:
         check_image_size(encoders["clip_model"], settings.size, f"{where} (image.size)")
         return cls(model.to(device).eval(), tokenizer, settings, encoders,
                    decide_at, device, run_dir, warnings,
-                   batch_size, temperature=stored_temperature(run_dir / "head"))
+                   batch_size, temperature=stored_temperature(run_dir / "head"), class_names=class_names)
 
     def check_text_only(self):
         """Refuse `--text-only` for a head that cannot score a post from its title alone."""
@@ -146,8 +160,9 @@ class Classifier:
 
     @torch.inference_mode()
     def score_features(self, text_emb, image_emb, has_text=None, has_image=None):
-        """Cached vectors (N, Dt), (N, Di) and presence masks (default: all there) -> prob_real (N,) float64,
-        as train-head scores them. A head that reads the similarity gets it computed from these vectors, as
+        """Cached vectors (N, Dt), (N, Di) and presence masks (default: all there) -> (N, K) float64 class
+        probabilities in `class_names` order, as train-head scores them (calibrated when it was). A head
+        that reads the similarity gets it computed from these vectors, as
         stage one computed the cached one (pipeline.model.similarity)."""
         rows = len(text_emb)
         masks = {"has_text": np.ones(rows, bool) if has_text is None else np.asarray(has_text, dtype=bool),
@@ -160,13 +175,20 @@ class Classifier:
             features = {"text_emb": torch.as_tensor(text_emb[part]).float().to(self.device),
                         "image_emb": torch.as_tensor(image_emb[part]).float().to(self.device),
                         **{k: torch.as_tensor(v[part]).to(self.device) for k, v in masks.items()}}
-            logits = self.model.head(features).float()  # (B, 2)
-            if self.temperature is None:
-                probs.append(torch.softmax(logits, dim=1)[:, 1].double().cpu().numpy())
-            else:  # calibrated as train-head scored it (its tuned threshold is on these probabilities)
-                margins = (logits.double()[:, 1] - logits.double()[:, 0]).cpu().numpy()
-                probs.append(apply_temperature(margins, self.temperature))
-        return np.concatenate(probs) if probs else np.zeros(0)
+            logits = self.model.head(features).float()  # (B, K)
+            probs.append(self._probabilities(logits))
+        return np.concatenate(probs) if probs else np.zeros((0, len(self.class_names)))
+
+    def _probabilities(self, logits):
+        """(B, K) float64 of (B, K) logits: the softmax, or train-head's calibration of it (binary: the
+        temperature divides the margin, so the tuned threshold means what it meant there)."""
+        if self.temperature is None:
+            return torch.softmax(logits, dim=1).double().cpu().numpy()
+        if logits.shape[1] == 2:
+            margins = (logits.double()[:, 1] - logits.double()[:, 0]).cpu().numpy()
+            prob_second = apply_temperature(margins, self.temperature)
+            return np.stack([1.0 - prob_second, prob_second], axis=1)
+        return apply_temperature_logits(logits.double().cpu().numpy(), self.temperature)
 
     @torch.inference_mode()
     def predict(self, titles, images, ids=None, labels=None, image_root=None):
@@ -175,10 +197,11 @@ class Classifier:
         `reason` says why a row is not scored whole (the missing half's reason, or the skip reason)."""
         titles, images = api_inputs.checked_titles(titles), api_inputs.checked_images(images)
         ids = None if ids is None else api_inputs.as_list(ids, "ids")
-        labels = api_inputs.checked_labels(labels, CLASS_NAMES)
+        labels = api_inputs.checked_labels(labels, self.class_names)
         api_inputs.same_length(len(titles), images=images, ids=ids, labels=labels)
         ids = [str(i) for i in range(len(titles))] if ids is None else [str(key) for key in ids]
-        prob, status, reasons = np.full(len(titles), np.nan), ["ok"] * len(titles), [""] * len(titles)
+        prob = np.full((len(titles), len(self.class_names)), np.nan)
+        status, reasons = ["ok"] * len(titles), [""] * len(titles)
         keep_text_only, keep_image_only = self.can_score([True], [False])[0], self.can_score([False], [True])[0]
         size = self.settings.size
         for start in range(0, len(titles), self.batch_size):
@@ -207,7 +230,7 @@ class Classifier:
                     vectors = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
                 prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float(),
                                                  has_text, has_image)
-        return results_frame(ids, prob, status, self.threshold, labels, reasons=reasons)
+        return results_frame(ids, prob, status, self.threshold, self.class_names, labels, reasons=reasons)
 
     def _pixels(self, image, image_root):
         if image is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.splits import CLASS_NAMES, read_rows
+from pipeline.data.splits import read_rows
 from pipeline.embed import cache, owned
 from pipeline.embed.fingerprint import combine, path_sha256
 from pipeline.embed.run import cache_lock, embed_split, open_parts_folder
@@ -26,22 +26,47 @@ from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.outputs import PREDICT_CACHE, refuse_other_cache
 from pipeline.predict import image_files
 from pipeline.train.metrics import compute_metrics
+from pipeline.train.multiclass import multiclass_metrics
 
 SPLIT = "posts"  # the name of the input's parts in the cache folder (and of ids without an id column)
-COLUMNS = ("id", "prob_real", "pred", "pred_name", "status", "reason")  # + label, correct when labelled
 TEXT_ONLY_REASON = "text_only_requested"  # the reason of a half-post whose image --text-only left unread
 
 
-def results_frame(ids, prob_real, status, threshold, labels=None, reasons=None):
-    """The output's rows: `prob_real` NaN where `status` is a skip reason (then pred is empty too); `reasons`
-    (default: none) says why a row is not a whole post: a half-post's missing half, a skipped row's reason."""
-    prob_real = np.asarray(prob_real, dtype=np.float64)
-    scored = ~np.isnan(prob_real)
-    pred = pd.array(np.where(scored, prob_real > threshold, 0).astype(np.int64), dtype="Int64")
+def probability_columns(class_names):
+    """The output's probability columns: `prob_<name>` per class, and for two classes `prob_real` (the
+    second class's probability, the column every binary output has had) in front."""
+    columns = [f"prob_{name}" for name in class_names]
+    if len(class_names) == 2:
+        columns = ["prob_real"] + [c for c in columns if c != "prob_real"]
+    return columns
+
+
+def decide(probs, threshold):
+    """(N,) predicted class of (N, K) probabilities: two classes at `threshold` on the second's, else the
+    argmax (K > 2 has no threshold)."""
+    if probs.shape[1] == 2:
+        return (probs[:, 1] > threshold).astype(np.int64)
+    return probs.argmax(axis=1).astype(np.int64)
+
+
+def results_frame(ids, probs, status, threshold, class_names, labels=None, reasons=None):
+    """The output's rows: (N, K) `probs` NaN where `status` is a skip reason (then pred is empty too); `reasons`
+    (default: none) says why a row is not a whole post: a half-post's missing half, a skipped row's reason.
+    Columns: id, the probabilities (binary: prob_real first, the other prob_<name> after reason), pred,
+    pred_name, status, reason[, label, correct]."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(status), len(class_names))
+    scored = ~np.isnan(probs).any(axis=1)
+    pred = pd.array(np.where(scored, decide(np.nan_to_num(probs), threshold), 0), dtype="Int64")
     pred[~scored] = pd.NA
-    frame = pd.DataFrame({"id": pd.array(list(ids), dtype=object), "prob_real": prob_real, "pred": pred,
-                          "pred_name": [CLASS_NAMES[p] if ok else "" for p, ok in zip(pred.fillna(0), scored)],
-                          "status": list(status), "reason": list(reasons or [""] * len(status))})
+    by_name = {f"prob_{name}": probs[:, k] for k, name in enumerate(class_names)}
+    if len(class_names) == 2:
+        by_name["prob_real"] = probs[:, 1]
+    columns = probability_columns(class_names)
+    front, back = (columns[:1], columns[1:]) if len(class_names) == 2 else (columns, [])
+    frame = pd.DataFrame({"id": pd.array(list(ids), dtype=object), **{c: by_name[c] for c in front}, "pred": pred,
+                          "pred_name": [class_names[p] if ok else "" for p, ok in zip(pred.fillna(0), scored)],
+                          "status": list(status), "reason": list(reasons or [""] * len(status)),
+                          **{c: by_name[c] for c in back}})
     if labels is not None:
         frame["label"] = pd.array(np.asarray(labels, dtype=np.int64), dtype="Int64")
         correct = pd.array((frame["pred"].fillna(-1) == frame["label"]).astype(np.int64), dtype="Int64")
@@ -52,10 +77,12 @@ def results_frame(ids, prob_real, status, threshold, labels=None, reasons=None):
 
 def read_results(path):
     """An output CSV back as the DataFrame `results_frame` makes."""
+    header = pd.read_csv(path, nrows=0).columns
+    probabilities = [c for c in header if c.startswith("prob_")]
     return pd.read_csv(path, dtype={"id": str, "pred": "Int64", "pred_name": str, "status": str, "reason": str,
-                                    "label": "Int64",
-                                    "correct": "Int64"}, keep_default_na=False, na_values={"prob_real": [""],
-                                    "pred": [""], "correct": [""]})
+                                    "label": "Int64", "correct": "Int64", **dict.fromkeys(probabilities, float)},
+                       keep_default_na=False,
+                       na_values={**{c: [""] for c in probabilities}, "pred": [""], "correct": [""]})
 
 
 def predict_file(classifier, input_path, out, image_root=None, image_pattern="{id}.jpg", cache_dir=None,
@@ -115,14 +142,21 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
                "metrics": None}
     if rows.labelled and summary["scored"]:
         labels, probs = np.concatenate(results["labels"]), np.concatenate(results["probs"])
-        summary["metrics"] = {**compute_metrics(labels, probs, threshold=classifier.threshold),
-                              "at_0.5": compute_metrics(labels, probs)}
+        summary["metrics"] = scored_metrics(labels, probs, classifier.threshold, classifier.class_names)
         write_json_atomic(Path(f"{out}.metrics.json"), summary["metrics"])
     write_json_atomic(Path(f"{out}.meta.json"), {
         "run": str(classifier.run_dir), "input": str(input_path), "image_root": image_root, "encoders": encoders,
         "threshold": classifier.threshold, "labelled": rows.labelled,
         **{k: v for k, v in summary.items() if k != "metrics"}})
     return summary
+
+
+def scored_metrics(labels, probs, threshold, class_names):
+    """The metrics of labelled input rows: binary at the run's threshold and at 0.5, K > 2 at the argmax."""
+    if len(class_names) == 2:
+        return {**compute_metrics(labels, probs[:, 1], threshold=threshold, class_names=class_names),
+                "at_0.5": compute_metrics(labels, probs[:, 1], class_names=class_names)}
+    return multiclass_metrics(labels, probs, class_names)
 
 
 def _open_parts(folder, inputs, image_parts, log):
@@ -170,7 +204,7 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
                     reasons[row] = why[row]
                 elif status[row] != "ok":
                     results["half_posts"][status[row]] = results["half_posts"].get(status[row], 0) + 1
-            prob = np.full(len(span), np.nan)
+            prob = np.full((len(span), len(classifier.class_names)), np.nan)
             index = [row - start for row, ok in zip(kept, scorable) if ok]
             prob[index] = classifier.score_features(stored.text_emb[scorable], stored.image_emb[scorable],
                                                     has_text[scorable], has_image[scorable])
@@ -181,12 +215,13 @@ def _write_output(tmp, classifier, rows, folder, part_rows, results):
             row_reasons = [reasons.get(row) or why.get(row, "") for row in span]
             results["missing_files"] += [row for row, why_not in zip(span, row_reasons)
                                          if why_not.endswith("missing_file")]
-            frame = results_frame([rows.ids[row] for row in span], prob, status, classifier.threshold, labels,
-                                  reasons=row_reasons)
+            frame = results_frame([rows.ids[row] for row in span], prob, status, classifier.threshold,
+                                  classifier.class_names, labels, reasons=row_reasons)
             frame.to_csv(handle, header=part == 0, index=False)
-            results["probs"].append(prob[~np.isnan(prob)])
+            done = ~np.isnan(prob).any(axis=1)
+            results["probs"].append(prob[done])
             if labels is not None:
-                results["labels"].append(labels[~np.isnan(prob)])
+                results["labels"].append(labels[done])
 
 
 def _checked_part(path, rows, span):

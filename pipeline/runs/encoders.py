@@ -47,12 +47,16 @@ FIELDS = (
     Field("image_family", str, optional=True),
 )
 FIX = "train the head again (or restore the file from the run it came from)"
-# What a K-class run (K > 2) writes: K names and no threshold (it decides by the argmax). Reading such a run
-# back (predict) is not done yet: read_encoders still refuses any but the two binary names.
+# A K-class run (K > 2) writes K names and no threshold: it decides by the argmax.
 _K_FIELDS = tuple(
     replace(f, check=lambda names: None if len(names) > 2 and all(isinstance(n, str) for n in names)
             else "expected more than two class names") if f.name == "class_names" else
     replace(f, optional=True) if f.name == "threshold" else f for f in FIELDS)
+
+
+def _fields_for(record):
+    names = record.get("class_names")
+    return _K_FIELDS if isinstance(names, list) and len(names) > 2 else FIELDS
 
 
 def from_manifest(manifest):
@@ -97,8 +101,7 @@ def write_encoders(out, encoders, threshold, class_names=CLASS_NAMES):
     # As JSON will read it back (tuples become lists), so the check below sees what readers will see.
     record = json.loads(json.dumps({**encoders, "class_names": list(class_names),
                                     "threshold": None if threshold is None else float(threshold)}))
-    fields = FIELDS if len(class_names) == 2 else _K_FIELDS
-    checked(record, fields, Path(out) / ENCODERS_NAME, "this is a bug: please report it")
+    checked(record, _fields_for(record), Path(out) / ENCODERS_NAME, "this is a bug: please report it")
     write_json_atomic(Path(out) / ENCODERS_NAME, record)
     return record
 
@@ -109,8 +112,8 @@ def read_encoders(run_dir):
     record = read_json_object(
         path, "missing, so the run does not say which encoders made its features (runs trained before `predict` "
         "existed, or on a cache without model records, lack it); train the head again with train-head", FIX)
-    checked(record, FIELDS, path, FIX)
-    if list(record["class_names"]) != list(CLASS_NAMES):
-        raise UserError(f"{path}: field 'class_names' is {record['class_names']!r}; this version classifies "
-                        f"{', '.join(CLASS_NAMES)} only; {FIX}")
+    checked(record, _fields_for(record), path, FIX)
+    names = record["class_names"]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: field 'class_names' names a class twice ({names!r}); {FIX}")
     return record

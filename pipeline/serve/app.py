@@ -16,8 +16,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data.splits import CLASS_NAMES
-from pipeline.predict import encoders as guard
 from pipeline.serve.batcher import Batcher
 from pipeline.serve.limits import BearerAuth, BodyLimit, ConcurrencyLimit
 from pipeline.serve.page import PAGE, PAGE_POLICY
@@ -68,10 +66,6 @@ def problem(error):
     return f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
 
 
-def class_names_of(run_dir):
-    return list(guard.read_record(run_dir).get("class_names") or CLASS_NAMES)
-
-
 def model_info(classifier, class_names):
     """What `GET /v1/model` says: content hashes and settings, never a server path."""
     temperature = classifier.temperature
@@ -90,7 +84,7 @@ def scorer(classifier, class_names):
 
 
 def create_app(classifier, config, token=None):
-    class_names = class_names_of(classifier.run_dir)
+    class_names = list(classifier.class_names)
     batcher = Batcher(scorer(classifier, class_names), config.max_batch, config.max_wait_ms)
     # Pillow decodes without the GIL: these threads decode the next requests while the model scores a batch.
     decoder = concurrent.futures.ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")

@@ -83,11 +83,8 @@ def clean_title(title):
 
 
 def class_probabilities(row, class_names):
-    """{class name: p} for one result row, or None when the post was not scored. Two classes: the
-    Classifier's prob_real is the second; more classes: its prob_<name> columns."""
-    if len(class_names) == 2:
-        p = row["prob_real"]
-        return None if _missing(p) else {class_names[0]: 1.0 - float(p), class_names[1]: float(p)}
+    """{class name: p} for one result row (the Classifier's prob_<name> columns), or None when the post was
+    not scored."""
     values = [row.get(f"prob_{name}") for name in class_names]
     return None if any(_missing(v) for v in values) else {n: float(v) for n, v in zip(class_names, values)}
 

@@ -141,8 +141,8 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
     def mean_diff(weights):
         total = {name: 0.0 for name in names}
         for prob_a, threshold_a, prob_b, threshold_b in pairs:
-            a = _pair_metrics(weights, labels, prob_a, threshold_a, names)
-            b = _pair_metrics(weights, labels, prob_b, threshold_b, names)
+            a = pair_metrics(weights, labels, prob_a, threshold_a, names)
+            b = pair_metrics(weights, labels, prob_b, threshold_b, names)
             for name in names:
                 total[name] = total[name] + (b[name] - a[name]) / len(pairs)
         return total
@@ -162,7 +162,7 @@ def paired_difference(labels, pairs, names=("f1_macro", "accuracy"), resamples=1
     return result
 
 
-def _pair_metrics(weights, labels, prob, threshold, names):
+def pair_metrics(weights, labels, prob, threshold, names):
     """Binary metrics of prob_real (N,) at `threshold`, or K-class ones of (N, K) probabilities (the argmax)."""
     if np.ndim(prob) == 2:
         return weighted_multiclass_metrics(weights, labels, prob, names)
