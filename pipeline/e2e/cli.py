@@ -26,7 +26,7 @@ def add_arguments(parser):
         "cache_dir", "on_stale", "part_rows", "cache_dtype"))
     add_config_arguments(parser.add_argument_group("fine-tuning"), FinetuneConfig)
     add_config_arguments(parser.add_argument_group("head (as for train-head)"), HeadConfig,
-                         skip=("text_dim", "image_dim"))
+                         skip=("text_dim", "image_dim", "num_classes"))  # K: from the labels (--label-column)
     add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
                          defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
 
