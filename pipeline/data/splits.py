@@ -3,9 +3,9 @@
 A split is `<data-dir>/<split>_filtered.tsv` or `<data-dir>/<split>.tsv`.
 Text is `clean_title`, falling back to `title`; the label is the `label_column`
 (default `2_way_label`: 1 = real, 0 = fake; any column of class numbers 0..K-1, see data/classes.py), optional:
-a file without that column is unlabelled (new posts to classify), but a file with it must label every row; the image is `local_image_path` relative to the image
-root or, when that column is absent (Fakeddit's own `multimodal_*.tsv`), a
-pattern such as `{id}.jpg`.
+a file without that column is unlabelled (new posts to classify), but a file with it must label every row;
+the image is `local_image_path` relative to the image root or, when that column is absent (Fakeddit's own
+`multimodal_*.tsv`), a pattern such as `{id}.jpg`.
 
 Rows are read with Python's csv module (tab-separated, fields quoted the way
 `pandas.to_csv` writes them) so that every problem can name its line: a row
