@@ -39,6 +39,9 @@ def add_arguments(parser):
                              "text-only variant (else the first of the grid)")
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
+    parser.add_argument("--label-column", default=None,
+                        help="the cache's label set to train on (embed --label-column adds one without running the "
+                             "encoders); None means the one the cache's last embed used")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
 
@@ -80,7 +83,7 @@ def run(args):
 
     grid = variants(args.modalities, args.fusions)
     find_reference(grid, args.reference)  # a bad --reference fails before any training
-    manifest, splits = load_cached_splits(args.cache_dir)
+    manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")

@@ -31,6 +31,9 @@ def add_arguments(parser):
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows: a `split<TAB>id` TSV as `doctor "
                              "--write-clean-ids` writes it, or one id a line")
+    parser.add_argument("--label-column", default=None,
+                        help="the cache's label set to train on (embed --label-column adds one without running the "
+                             "encoders); None means the one the cache's last embed used")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim"))
     add_config_arguments(parser, TrainConfig)
 
@@ -50,7 +53,7 @@ def run(args):
     from pipeline.train.metrics import shown, shown_by_presence, with_intervals
     from pipeline.train.run_folder import resolved_config, write_run
 
-    manifest, splits = load_cached_splits(args.cache_dir)
+    manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "
