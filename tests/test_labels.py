@@ -234,3 +234,33 @@ def test_finetune_e2e_refuses_weights_of_another_count(tiny_bert, tiny_clip, tmp
                  str(tiny_clip), "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"),
                  "--label-column", "3_way_label", "--class-weights", "1,2", "--no-report"]) == 2
     assert "not a weighting for 3 classes" in capsys.readouterr().err
+
+
+def test_a_rebuild_replaces_the_label_sets_with_its_own(embed_args, labelled):
+    assert main(embed_args) == 0 and main(embed_args + ["--label-column", "6_way_label"]) == 0
+    folder = Path(cache_dir_of(embed_args))
+    assert main(with_flag(embed_args, "--max-length", "64") + ["--on-stale", "rebuild"]) == 0
+    manifest = cache.read_manifest(folder)
+    assert list(manifest["label_sets"]) == ["2_way_label"] and not (folder / ".rebuild").exists()
+    assert sorted(p.relative_to(folder).as_posix() for p in (folder / "labels").rglob("*.parquet")) == [
+        label_file("2_way_label", split) for split in ("test", "train", "val")]
+    truth = _frame(labelled, "test").set_index("id")["2_way_label"].astype(int)
+    split = cache.load_split(folder, "test")
+    assert list(split.labels) == list(truth[list(split.ids)])
+
+
+def test_embed_on_a_complete_cache_without_label_sets_adds_one_without_encoders(embed_args, monkeypatch):
+    """A cache embedded before label sets (its manifest has none) is complete for today's embed too."""
+    import shutil
+
+    assert main(embed_args) == 0
+    folder = Path(cache_dir_of(embed_args))
+    manifest = json.loads((folder / cache.MANIFEST_NAME).read_text())
+    for key in ("label_sets", "label_column"):
+        del manifest[key]
+    (folder / cache.MANIFEST_NAME).write_text(json.dumps(manifest))
+    shutil.rmtree(folder / "labels")
+    monkeypatch.setattr(torch.nn.Module, "__call__", lambda *a, **k: pytest.fail("an encoder ran"))
+    assert main(embed_args) == 0
+    assert list(cache.read_manifest(folder)["label_sets"]) == ["2_way_label"]
+    assert set(cache.load_split(folder, "train").labels) == {0, 1}
