@@ -25,8 +25,9 @@ def add_arguments(parser):
     add_config_arguments(data, EmbedConfig, defaults={**_UNUSED_EMBED_FLAGS, "batch_size": 16}, skip=(
         "cache_dir", "on_stale", "part_rows", "cache_dtype"))
     add_config_arguments(parser.add_argument_group("fine-tuning"), FinetuneConfig)
+    # --features is train-head's: the similarity is a cached feature, and end to end nothing is cached.
     add_config_arguments(parser.add_argument_group("head (as for train-head)"), HeadConfig,
-                         skip=("text_dim", "image_dim", "num_classes"))  # K: from the labels (--label-column)
+                         skip=("text_dim", "image_dim", "features", "num_classes"))  # K: from --label-column
     add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
                          defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
 

@@ -4,7 +4,8 @@ Layout::
 
     <cache>/fingerprint.json             what the parts were built from (written first)
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
-                                         (id, label, text_emb, image_emb, image_sha256, image_phash)
+                                         (id, label, text_emb, image_emb, image_sha256, image_phash
+                                         [, similarity: one CLIP/SigLIP model as both towers, embed/similarity.py])
     <cache>/labels/<column>/<split>.parquet  the labels of one label column (embed/labels.py); the parts'
                                          own `label` column is null since label sets (older caches: 2_way_label)
     <cache>/manifest.json                written last: the cache is complete only with it
@@ -35,6 +36,7 @@ from pipeline.embed.hash_column import phash_array, phash_matrix
 from pipeline.embed.manifest import MANIFEST_NAME, MAX_DIM, READABLE_VERSIONS, check_manifest, read_manifest  # noqa: F401 (read through cache., as before the manifest had its module)
 from pipeline.embed.owned import PART_NAME
 from pipeline.embed.owned import remove_temp_files as _remove_our_temp_files
+from pipeline.embed.similarity import SIMILARITY_COLUMN, has_similarity, similarity_array, similarity_values
 from pipeline.errors import UserError
 from pipeline.files import file_sha256, write_atomic, write_json_atomic, write_text_atomic
 
@@ -69,6 +71,7 @@ class CachedSplit:
     has_image: np.ndarray = None  # (N,) bool
     image_sha256: np.ndarray = None  # (N,) object (str hex; "" when unknown); None for a cache before format 3
     image_phash: np.ndarray = None  # (N, 3) uint64 phash.perceptual_hash (zeros: none); None before format 4
+    similarity: np.ndarray = None  # (N,) float32 text-image cosine, NaN without both halves; None: the cache has none
 
     def __post_init__(self):
         for name in ("has_text", "has_image"):
@@ -107,13 +110,14 @@ def _embedding_array(matrix, dtype, present):
 
 
 def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32", counts=None,
-               has_text=None, has_image=None, partial=None, image_sha256=None, image_phash=None):
+               has_text=None, has_image=None, partial=None, image_sha256=None, image_phash=None, similarity=None):
     """Write one part atomically; `skipped` is a list of {"id", "reason"} dicts, `counts` {name: int}.
 
     `labels` None (an unlabelled split) writes a label column of nulls. `has_text` / `has_image` (default:
     all True) mark the rows whose vector is there; `partial` lists {"id", "row", "missing", "reason"} of them.
     `image_sha256` holds one hex string per row ("" or None: unknown, e.g. a row without an image), `image_phash`
-    one `phash.perceptual_hash` (None: none).
+    one `phash.perceptual_hash` (None: none). `similarity` (None: no such column) holds each row's text-image
+    cosine, NaN (written as null) where a row lacks a half.
     """
     ids = list(ids)
     has_text = np.ones(len(ids), bool) if has_text is None else np.asarray(has_text, dtype=bool)
@@ -129,6 +133,7 @@ def write_part(path, ids, labels, text_emb, image_emb, skipped, dtype="float32",
         "image_emb": _embedding_array(image_emb, dtype, has_image),
         "image_sha256": pa.array(digests, type=pa.string()),
         "image_phash": phash_array(image_phash, len(ids)),
+        **({} if similarity is None else {SIMILARITY_COLUMN: similarity_array(similarity)}),
     })
     table = table.replace_schema_metadata({
         _SKIPPED_KEY: json.dumps(skipped).encode(), _COUNTS_KEY: json.dumps(counts or {}).encode(),
@@ -226,6 +231,7 @@ def load_split(cache_dir, split, verify=True, label_column=None):
     digests = np.full(rows, "", dtype=object)
     phashes = np.zeros((rows, WORDS), dtype=np.uint64)
     has_digests, has_phashes = manifest["format_version"] >= 3, manifest["format_version"] >= 4
+    similarity = np.full(rows, np.nan, dtype=np.float32) if has_similarity(manifest) else None
     start = 0
     for part in info["parts"]:
         path = Path(cache_dir) / split / part["file"]
@@ -246,6 +252,8 @@ def load_split(cache_dir, split, verify=True, label_column=None):
             digests[start:stop] = _column(table, "image_sha256", path, manifest).to_pylist()
         if has_phashes:
             phashes[start:stop] = phash_matrix(_column(table, "image_phash", path, manifest))
+        if similarity is not None:
+            similarity[start:stop] = similarity_values(_column(table, SIMILARITY_COLUMN, path, manifest))
         for name, target in (("text_emb", text), ("image_emb", image)):
             target[start:stop] = _matrix(table.column(name), target.shape[1], path, name)
         start = stop
@@ -257,7 +265,8 @@ def load_split(cache_dir, split, verify=True, label_column=None):
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
     return CachedSplit(ids=ids, labels=labels, text_emb=text, image_emb=image, has_text=has_text, has_image=has_image,
-                       image_sha256=digests if has_digests else None, image_phash=phashes if has_phashes else None)
+                       image_sha256=digests if has_digests else None, image_phash=phashes if has_phashes else None,
+                       similarity=similarity)
 
 
 def _column(table, name, path, manifest):
@@ -292,7 +301,7 @@ def _matrix(column, dim, path, name):
     return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
-def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, label_set=None):
+def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=(), label_set=None):
     """Write skipped.tsv and, last, the manifest that marks the cache complete.
 
     `splits` maps split name -> number of input rows read. Checks that every
@@ -303,8 +312,10 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     missing half, and partial.tsv lists them.
     Per split the manifest also has `class_counts` (embedded rows per class),
     `labelled` (false when the split file had no label column: labels are null),
-    the parts' summed counts, and whatever `split_notes[split]` adds. `label_set` = (SplitRows by split, label
-    column, class names) writes that label set (embed/labels.py), whose counts then replace the parts'.
+    the parts' summed counts, and whatever `split_notes[split]` adds. `features` names the parts' extra
+    feature columns (similarity), recorded as the manifest's `features` when there are any. `label_set` =
+    (SplitRows by split, label column, class names) writes that label set (embed/labels.py), whose counts then
+    replace the parts'.
     """
     cache_dir = Path(cache_dir)
     classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
@@ -347,7 +358,7 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     manifest = {
         "format_version": FORMAT_VERSION, "fingerprint": fingerprint, "inputs": inputs,
         "dims": dims, "classes": classes, "splits": manifest_splits,
-        "config": config,
+        "config": config, **({"features": list(features)} if features else {}),
     }
     if label_set is not None:
         manifest = label_sets.write_label_set(cache_dir, manifest, *label_set)

@@ -33,11 +33,13 @@ from pipeline.embed import labels as label_sets
 from pipeline.embed.fingerprint import combine, differences, path_sha256
 from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.embed.main_loop import embed_batches
+from pipeline.embed.similarity import similarity_input
 from pipeline.embed.writer import PartJob, PartWriter
 from pipeline.errors import UserError
 from pipeline.files import output_folder
 from pipeline.model.classifier import build_encoders
 from pipeline.model.image_encoder import check_image_size, image_family_of, resolve_embedding
+from pipeline.model.similarity import SIMILARITY
 from pipeline.model.text_encoder import check_max_length, family_of, load_tokenizer, resolve_pooling
 from pipeline.outputs import STAGE_ONE_CACHE, refuse_other_cache
 
@@ -71,6 +73,9 @@ def run_embed(config, group=Group(), log=print):
     check_image_size(config.clip_model, image_settings.size, Path(config.clip_model) / "preprocessor_config.json")
     # Through JSON once, so tuples compare equal to the lists read back from disk.
     inputs = json.loads(json.dumps(fingerprint_inputs(config, splits, image_settings)))
+    similarity = SIMILARITY in inputs.get("features", ())
+    if similarity:
+        log("similarity: one model is both towers, so each row's text-image cosine is cached too")
     fingerprint = combine(inputs)
     cache_dir = output_folder(config.cache_dir, "--cache-dir")
     if group.is_main:
@@ -105,7 +110,8 @@ def run_embed(config, group=Group(), log=print):
             _start_fresh(target, fingerprint, inputs)
         group.barrier()  # no rank writes a part before rank 0 has cleared a stale cache
         started = time.perf_counter()
-        job = PartJob.from_config(config, folder=target)  # a rebuild goes to the staging folder
+        # A rebuild goes to the staging folder.
+        job = replace(PartJob.from_config(config, folder=target), similarity=similarity)
         for name, rows in splits.items():
             flagged = dict.fromkeys(placeholders.rows[name], "placeholder_image")
             skip_rows = flagged if config.on_placeholder == "skip" else {}
@@ -122,7 +128,7 @@ def run_embed(config, group=Group(), log=print):
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
                                     "non_utf8_rows": rows.non_utf8_rows, "labelled": rows.labelled}
                              for name, rows in splits.items()},
-                label_set=labels,
+                features=inputs.get("features", ()), label_set=labels,
             )
             if Path(target) != cache_dir:
                 owned.swap(cache_dir, manifest)  # the new cache replaces the old one only now, complete
@@ -142,7 +148,7 @@ def _resuming(folder, splits, part_rows, fingerprint):
 
 def fingerprint_inputs(config, splits, image_settings):
     """What the cache depends on: content hashes of models, checkpoint and split files, and settings."""
-    return {
+    inputs = {
         "format_version": cache.FINGERPRINT_FORMAT,  # not FORMAT_VERSION: format 4 caches keep format 3's fingerprint
         "text_model": path_sha256(config.text_model),
         "clip_model": path_sha256(config.clip_model),
@@ -165,6 +171,8 @@ def fingerprint_inputs(config, splits, image_settings):
         "half_posts": {"on_bad_image": "text-only" if config.on_bad_image == "text-only" else "skip",
                        "on_empty_title": config.on_empty_title},
     }
+    # Only a same-model pair's fingerprint names the feature: every other cache keeps the fingerprint it had.
+    return {**inputs, **similarity_input(config, inputs)}
 
 
 def _named_image_family(config):

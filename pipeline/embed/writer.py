@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.data.halves import skipped_before_loading
 from pipeline.embed import cache
+from pipeline.model.similarity import cosine_similarity
 
 MAX_QUEUED_WRITES = 2  # parts finished but not yet on disk; beyond this the main loop waits (bounded memory)
 
@@ -26,6 +27,7 @@ class PartJob:
     on_bad_image: str = "skip"  # skip, fail or text-only
     on_empty_title: str = "skip"  # skip or image-only
     cache_dtype: str = "float32"
+    similarity: bool = False  # also write each row's text-image cosine (a same-model pair: model/similarity.py)
 
     @classmethod
     def from_config(cls, config, folder=None):
@@ -123,15 +125,23 @@ class PartWriter:
                                 "reason": result[2][1]})
         absent = {(entry["row"], entry["missing"]) for entry in partial}
         kept = [row for row in self.range(part) if not isinstance(results[row], str)]
+        has_text = [(row, "text") not in absent for row in kept]
+        has_image = [(row, "image") not in absent for row in kept]
         cache.write_part(  # labels live apart from the vectors (embed/labels.py): the part's own are null
             cache.part_path(self.job.folder, self.rows.split, part), ids, None,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
             skipped, dtype=self.job.cache_dtype, counts=counts,
-            has_text=[(row, "text") not in absent for row in kept],
-            has_image=[(row, "image") not in absent for row in kept], partial=partial, image_sha256=digests,
-            image_phash=phashes,
+            has_text=has_text, has_image=has_image, partial=partial, image_sha256=digests, image_phash=phashes,
+            # From the float32 vectors, before --cache-dtype rounds them.
+            similarity=self._similarity(text, image, has_text, has_image),
         )
+
+    def _similarity(self, text, image, has_text, has_image):
+        """The part's similarity column (None: the job has none)."""
+        if not self.job.similarity:
+            return None
+        return cosine_similarity(text, image, has_text, has_image) if text else np.zeros(0, np.float32)
 
     def _check_writer(self):
         for future in [f for f in self.futures if f.done()]:

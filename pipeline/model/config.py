@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pipeline.config import help_field, number, one_of, validate, whole
 from pipeline.errors import UserError
+from pipeline.model.similarity import check_features
 
 # How a title's token states become one vector; `projected` is CLIP's get_text_features. Which ones a model
 # has comes from its family (model/families.py).
@@ -49,6 +50,10 @@ class HeadConfig:
     # Heads saved before N classes have no num_classes in head_config.json: they were binary.
     num_classes: int = help_field("number of classes K: the head's outputs (from the cache's label column)",
                                   default=2)
+    # Heads saved before extra features have no `features` in head_config.json: they read the embeddings only.
+    features: tuple = help_field("extra per-row features the head reads beside the embeddings: similarity (the "
+                                 "cosine of one CLIP/SigLIP model's text and image vectors, cached by `embed` when "
+                                 "that one model is both towers); none by default", default=())
 
     def __post_init__(self):
         problems = []
@@ -60,9 +65,20 @@ class HeadConfig:
         validate(
             *problems, one_of(self, "fusion", FUSIONS),
             *(whole(self, name, 1) for name in ("text_dim", "image_dim", "proj_dim", "hidden_dim")),
-            whole(self, "num_classes", 2),
+            whole(self, "num_classes", 2), _features_problem(self),
             number(self, "dropout", at_least=0, below=1),
         )
 
     def dims(self):
         return {"text": self.text_dim, "image": self.image_dim}
+
+
+def _features_problem(config):
+    """Normalise `features` (JSON gives a list, the CLI a tuple) and return its problem, if any."""
+    features = config.features
+    if isinstance(features, str):
+        features = tuple(name.strip() for name in features.split(",") if name.strip())
+    if not isinstance(features, (list, tuple)):
+        return f"--features {features!r}: not a list of feature names"
+    object.__setattr__(config, "features", tuple(features))
+    return check_features(config.features)

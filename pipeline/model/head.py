@@ -11,6 +11,9 @@ projection would be. Modality dropout in training (`drop_modalities`) teaches
 a two-modality head to score a row from either half. Heads saved before this
 existed have no missing vectors: they still load and score whole rows, and
 refuse a row with a modality missing.
+A head with extra features (`HeadConfig.features`: the text-image similarity,
+pipeline.model.similarity) also reads them from the dict, one (B,) value each,
+beside the fused embeddings; heads saved before them read none.
 A checkpoint folder holds `model.safetensors` and `head_config.json`, so it
 loads without flags.
 """
@@ -50,6 +53,16 @@ class FusionHead(nn.Module):
             # One gate value per dimension, computed from both modalities.
             self.gate = nn.Linear(2 * width, width)
         fused_dim = 2 * width if self.fuses and config.fusion == "concat" else width
+        self.extras = len(config.features)  # extra features (similarity), projected beside the fused vector
+        if self.extras:
+            # Standardised by the training rows' mean and spread (set_feature_scale), so that a cosine that varies
+            # in the second decimal is a unit-sized input from the first step; then widened to P values of their
+            # own (no LayerNorm: over one input it would keep the sign and drop the magnitude), so that one
+            # number weighs beside 2P fused ones instead of being 1 input in 2P + 1.
+            self.register_buffer("feature_shift", torch.zeros(self.extras))
+            self.register_buffer("feature_scale", torch.ones(self.extras))
+            self.extra_projection = nn.Sequential(nn.Linear(self.extras, width), nn.GELU())
+        fused_dim += width if self.extras else 0
         self.classifier = nn.Sequential(
             nn.Linear(fused_dim, config.hidden_dim), nn.GELU(), nn.Dropout(config.dropout),
             nn.Linear(config.hidden_dim, config.num_classes),
@@ -78,7 +91,28 @@ class FusionHead(nn.Module):
                     fill = self.missing[m].to(vectors.dtype).expand_as(vectors)
                     vectors = torch.where(present.to(torch.bool).unsqueeze(1), vectors, fill)
             projected.append(vectors)
-        return self.classifier(self._fuse(projected))
+        fused = self._fuse(projected)
+        if self.extras:
+            extra = self.extra_projection(self._extra_features(features).to(fused.dtype))  # (B, P)
+            fused = torch.cat([fused, extra], dim=1)  # (B, F + P)
+        return self.classifier(fused)
+
+    def _extra_features(self, features):
+        """(B, E) standardised extra features; 0 (the training mean) where a row has none: a NaN (no text or no
+        image when it was embedded) or a half cleared by a `has_*` mask (modality dropout, a half-post), since
+        the similarity needs both halves."""
+        absent = [name for name in self.config.features if name not in features]
+        if absent:
+            raise UserError(f"this head reads the extra feature {', '.join(absent)} beside the embeddings, and the "
+                            f"features given lack it; score it on a cache that has it (see docs/your-data.md)")
+        values = torch.stack([features[name].float() for name in self.config.features], dim=1)  # (B, E)
+        values = (values - self.feature_shift) / self.feature_scale
+        usable = ~torch.isnan(values)
+        for m in ("text", "image"):
+            present = features.get(f"has_{m}")
+            if present is not None:
+                usable &= present.to(torch.bool).unsqueeze(1)
+        return torch.where(usable, values, torch.zeros_like(values))
 
     def _fuse(self, projected):
         if not self.fuses:
@@ -93,6 +127,19 @@ class FusionHead(nn.Module):
             return (text + image) / 2
         gate = torch.sigmoid(self.gate(torch.cat([text, image], dim=1)))  # (B, P) in (0, 1)
         return gate * text + (1 - gate) * image
+
+
+@torch.no_grad()
+def set_feature_scale(head, values):
+    """Standardise the head's extra features by `values` ((N, E) float, NaN where a row has none; the training
+    rows'): their mean and standard deviation (1 where they do not vary)."""
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1, head.extras)
+    for column in range(head.extras):
+        known = values[:, column][~torch.isnan(values[:, column])]
+        mean = known.mean() if len(known) else torch.zeros((), dtype=torch.float64)
+        spread = known.std() if len(known) > 1 else torch.ones((), dtype=torch.float64)
+        head.feature_shift[column] = float(mean)
+        head.feature_scale[column] = float(spread) if float(spread) > 1e-8 else 1.0
 
 
 def drop_modalities(features, probability, generator=None):

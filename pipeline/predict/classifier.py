@@ -26,6 +26,7 @@ from pipeline.model.batch import prepare_batch
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import load_head
 from pipeline.model.image_encoder import check_image_size
+from pipeline.model.similarity import SIMILARITY, cosine_similarity
 from pipeline.model.text_encoder import check_max_length, load_tokenizer
 from pipeline.predict import api_inputs
 from pipeline.predict import encoders as guard
@@ -70,6 +71,11 @@ def _checked_options(threshold, batch_size, max_pixels):
     if batch_size is None:
         raise UserError("batch_size None: give a whole number of 1 or more (default 64)")
     return number
+
+
+def _host(vectors):
+    """A float32 NumPy copy of (N, D) vectors, a tensor on any device or an array."""
+    return torch.as_tensor(vectors).detach().float().cpu().numpy()
 
 
 class Classifier:
@@ -141,10 +147,13 @@ class Classifier:
     @torch.inference_mode()
     def score_features(self, text_emb, image_emb, has_text=None, has_image=None):
         """Cached vectors (N, Dt), (N, Di) and presence masks (default: all there) -> prob_real (N,) float64,
-        as train-head scores them."""
+        as train-head scores them. A head that reads the similarity gets it computed from these vectors, as
+        stage one computed the cached one (pipeline.model.similarity)."""
         rows = len(text_emb)
         masks = {"has_text": np.ones(rows, bool) if has_text is None else np.asarray(has_text, dtype=bool),
                  "has_image": np.ones(rows, bool) if has_image is None else np.asarray(has_image, dtype=bool)}
+        if SIMILARITY in self.model.head.config.features:
+            masks[SIMILARITY] = cosine_similarity(_host(text_emb), _host(image_emb), **masks)
         probs = []
         for start in range(0, rows, SCORE_BATCH):
             part = slice(start, start + SCORE_BATCH)

@@ -6,6 +6,7 @@ from pathlib import Path
 from pipeline.report.examples import data_settings, error_cards
 from pipeline.report.markup import Raw, escape, fmt, image, page, paragraph, section, table
 from pipeline.report.provenance import banner, cache_state, doctor_findings, encoders_table, run_encoders
+from pipeline.report.similarity_section import similarity_section
 from pipeline.runs.readers import read_config, read_metrics, read_predictions, read_skipped
 from pipeline.runs.record import read_run
 
@@ -28,6 +29,9 @@ def run_page(folder):
         section("Worst errors", worst_errors_section(folder, data, record.decision_threshold), "errors"),
         section("Configuration", Raw(f"<pre>{escape(json.dumps(config, indent=2, sort_keys=True))}</pre>"), "config"),
     ]
+    similarity = similarity_section(folder)  # only for a head that read the similarity
+    if similarity is not None:
+        sections.insert(4, section("Text-image similarity", similarity, "similarity"))
     doctor = doctor_section(state)
     if doctor:
         sections.insert(3, section("Leakage doctor", doctor, "doctor"))

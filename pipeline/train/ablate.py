@@ -24,14 +24,25 @@ SUMMARY = (("val", "f1_macro"), ("test", "f1_macro"), ("val", "accuracy"), ("tes
 COMPARED = ("f1_macro", "accuracy")  # test metrics compared with the reference, at threshold 0.5
 
 
-def variants(modalities_options, fusions):
-    """[(modalities tuple, fusion)] in grid order; one entry per single-modality option."""
+def variants(modalities_options, fusions, features=()):
+    """[(modalities tuple, fusion)] in grid order; one entry per single-modality option. With `features`
+    (--features similarity) each two-modality fusion is followed by its twin reading them too, spelled
+    `concat+similarity`: the similarity of the two halves beside their fusion."""
     result = []
     for option in modalities_options:
         modalities = parse_modalities(option)
         kinds = fusions if len(modalities) == 2 else [NO_FUSION]
+        if features and len(modalities) == 2:
+            kinds = [name for kind in kinds for name in (kind, "+".join((kind, *features)))]
         result += [(modalities, kind) for kind in kinds if (modalities, kind) not in result]
     return result
+
+
+def variant_head(head_config, modalities, fusion):
+    """The HeadConfig of one variant: its modalities, its fusion and the extra features its name carries."""
+    kind, *features = fusion.split("+")
+    return replace(head_config, modalities=modalities, fusion=head_config.fusion if kind == NO_FUSION else kind,
+                   features=tuple(features))
 
 
 def variant_name(modalities, fusion):
@@ -58,14 +69,12 @@ def find_reference(grid, reference=None):
 def run_ablation(splits, head_config, train_config, modalities_options, fusions, seeds, log=None, reference=None):
     """One row per run (variant x seed) with every scalar metric of val and test, and its paired comparison
     with the reference variant of the same seed; `.attrs["pooled"]` holds the comparisons pooled over seeds."""
-    kinds = variants(modalities_options, fusions)
+    kinds = variants(modalities_options, fusions, head_config.features)
     grid = [(modalities, fusion, seed) for modalities, fusion in kinds for seed in seeds]
     ref = find_reference(kinds, reference)
     rows, test_probs = [], {}
     for number, (modalities, fusion, seed) in enumerate(grid, start=1):
-        head = replace(head_config, modalities=modalities,
-                       fusion=head_config.fusion if fusion == NO_FUSION else fusion)
-        run = train_head(splits, head, replace(train_config, seed=seed))
+        run = train_head(splits, variant_head(head_config, modalities, fusion), replace(train_config, seed=seed))
         rows.append(_row(modalities, fusion, seed, run))
         test_probs[(modalities, fusion, seed)] = run.predictions["test"]["prob_real"]
         if log:

@@ -6,7 +6,9 @@ compares every variant with a reference (--reference, default text only) on the
 same test rows (paired bootstrap: difference, 95% interval, p-value; per seed and
 pooled), prints the table and writes ablation.csv (one row per run, every metric
 and its comparison), comparisons.csv (pooled over seeds), ablation.md (the table),
-config.json and run.json (the run record) into --out.
+config.json and run.json (the run record) into --out. `--features similarity` (a cache
+whose towers are one CLIP or SigLIP model) adds, after each two-modality fusion, its
+twin reading the similarity too (`concat+similarity`).
 """
 
 import argparse
@@ -77,13 +79,15 @@ def run(args):
     from pipeline.runs.record import write_run_record
     from pipeline.train.ablate import find_reference, markdown_table, run_ablation, summarize, variants
     from pipeline.train.eval_ids import apply_eval_ids
+    from pipeline.train.features import check_cache_features
     from pipeline.train.fit import load_cached_splits
     from pipeline.train.plots import plot_ablation
     from pipeline.train.run_folder import resolved_config, write_csv
 
-    grid = variants(args.modalities, args.fusions)
+    grid = variants(args.modalities, args.fusions, head_config.features)
     find_reference(grid, args.reference)  # a bad --reference fails before any training
     manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
+    check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Ablation on {args.cache_dir}: {len(grid)} variants x {len(args.seeds)} seeds")
@@ -96,10 +100,11 @@ def run(args):
     write_csv(out / "ablation.csv", runs)
     write_csv(out / "comparisons.csv", runs.attrs["pooled"])
     write_text_atomic(out / "ablation.md", table)
-    grid_config = {"modalities": args.modalities, "fusions": args.fusions, "seeds": args.seeds,
+    grid_config = {"modalities": args.modalities, "fusions": args.fusions, "features": list(head_config.features),
+                   "seeds": args.seeds,
                    "reference": runs.attrs["reference"], "eval_ids": eval_ids}
     # The grid sets modalities, fusion and seed per run; the rest is shared by every run.
-    shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion")}
+    shared_head = {k: v for k, v in asdict(head_config).items() if k not in ("modalities", "fusion", "features")}
     write_json_atomic(out / "config.json", resolved_config("ablate", args.cache_dir, manifest, grid=grid_config,
                                                            head=shared_head, train=train_config,
                                                            resolved={"threads": torch.get_num_threads()}))

@@ -49,11 +49,13 @@ def run(args):
 
     from pipeline.runs.encoders import from_manifest
     from pipeline.train.eval_ids import apply_eval_ids
+    from pipeline.train.features import check_cache_features, write_similarity_summary
     from pipeline.train.fit import load_cached_splits, train_head
     from pipeline.train.metrics import shown, shown_by_presence, with_intervals
     from pipeline.train.run_folder import resolved_config, write_run
 
     manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
+    check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     head_config = replace(head_config, text_dim=manifest["dims"]["text"], image_dim=manifest["dims"]["image"])
     print(f"Training a {'+'.join(head_config.modalities)} head on {args.cache_dir} "
@@ -68,6 +70,8 @@ def run(args):
             result.metrics[split]["eval_ids"] = {"file": eval_ids["file"], **eval_ids["rows"][split]}
     out = write_run(out, result, config, encoders=from_manifest(manifest),
                     command_line=getattr(args, "command_line", None))
+    if "similarity" in head_config.features:  # for the report: the feature's distribution per class
+        write_similarity_summary(out, splits)
     for label, split in (("Validation", "val"), ("Test", "test")):
         print(f"{label} metrics: {shown(result.metrics[split])}")
         print(f"{label} by presence: {shown_by_presence(result.metrics[split])}")

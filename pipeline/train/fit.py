@@ -29,6 +29,7 @@ from pipeline.train.calibration import (
     fit_usable_temperature,
 )
 from pipeline.train.class_checks import check_classes
+from pipeline.train.features import feature_tensors, scale_features
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import compute_metrics, presence_groups, score_probabilities
 from pipeline.train.run_folder import FitResult, HeadRun
@@ -82,7 +83,7 @@ def to_features(split, device):
     return {"text_emb": torch.from_numpy(split.text_emb).to(device),
             "image_emb": torch.from_numpy(split.image_emb).to(device),
             "has_text": torch.from_numpy(split.has_text).to(device),
-            "has_image": torch.from_numpy(split.has_image).to(device)}
+            "has_image": torch.from_numpy(split.has_image).to(device), **feature_tensors(split, device)}
 
 
 @torch.no_grad()
@@ -200,7 +201,9 @@ def train_head(splits, head_config, train_config, log=None):
         torch.set_num_threads(threads)  # process-wide, as --threads always was; the run folder records it
     torch.manual_seed(train_config.seed)  # initialisation and dropout
     weights = class_weights(splits["train"].labels, train_config.class_weights).to(device)
-    head = FusionHead(head_config).to(device)
+    head = FusionHead(head_config)
+    scale_features(head, splits["train"])  # --features: standardised by the training rows
+    head = head.to(device)
     data = {name: (to_features(splits[name], device), torch.from_numpy(splits[name].labels).to(device))
             for name in SPLITS}
     result = fit(head, data["train"], data["val"], train_config, weights, log)
