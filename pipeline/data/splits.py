@@ -1,11 +1,11 @@
 """Reading and validating Fakeddit-style TSV splits.
 
 A split is `<data-dir>/<split>_filtered.tsv` or `<data-dir>/<split>.tsv`.
-Text is `clean_title`, falling back to `title`; the label is `2_way_label`
-(1 = real, 0 = fake), optional: a file without that column is unlabelled (new
-posts to classify), but a file with it must label every row; the image is `local_image_path` relative to the image
-root or, when that column is absent (Fakeddit's own `multimodal_*.tsv`), a
-pattern such as `{id}.jpg`.
+Text is `clean_title`, falling back to `title`; the label is the `label_column`
+(default `2_way_label`: 1 = real, 0 = fake; any column of class numbers 0..K-1, see data/classes.py), optional:
+a file without that column is unlabelled (new posts to classify), but a file with it must label every row;
+the image is `local_image_path` relative to the image root or, when that column is absent (Fakeddit's own
+`multimodal_*.tsv`), a pattern such as `{id}.jpg`.
 
 Rows are read with Python's csv module (tab-separated, fields quoted the way
 `pandas.to_csv` writes them) so that every problem can name its line: a row
@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.data.classes import DEFAULT_LABEL_COLUMN, MAX_CLASSES, known_num_classes
 from pipeline.errors import UserError
 
 CLASS_NAMES = ("fake", "real")  # index = 2_way_label value
 SPLITS = ("train", "val", "test")  # the splits training reads; stage one embeds any named with --splits
-LABEL_COLUMN = "2_way_label"
+LABEL_COLUMN = DEFAULT_LABEL_COLUMN  # the default; --label-column names another
 TEXT_COLUMNS = ("clean_title", "title")
 IMAGE_COLUMN = "local_image_path"
 SPLIT_FILE_NAMES = ("{split}_filtered.tsv", "{split}.tsv")
-_USED_COLUMNS = (LABEL_COLUMN, *TEXT_COLUMNS, IMAGE_COLUMN, "id")
+_USED_COLUMNS = (*TEXT_COLUMNS, IMAGE_COLUMN, "id")  # and the label column in use
 _MAX_ROWS_LISTED = 5
 
 
@@ -43,7 +44,7 @@ class SplitRows:
     path: Path
     ids: list  # str row keys
     texts: list  # str, "" when the title is empty
-    labels: np.ndarray  # (N,) int8; None when the file has no 2_way_label column (unlabelled)
+    labels: np.ndarray  # (N,) int16 class numbers; None when the file has no label column (unlabelled)
     image_paths: list  # str, relative to the image root
     duplicate_ids: int  # ids seen before in this split with the same label
     lines: list = None  # line number of each row in the file (header = line 1)
@@ -73,25 +74,29 @@ def find_split_file(data_dir, split):
     )
 
 
-def read_split(data_dir, split, image_pattern="{id}.jpg", extra_columns=()):
-    return read_rows(find_split_file(data_dir, split), split, image_pattern, extra_columns)
+def read_split(data_dir, split, image_pattern="{id}.jpg", extra_columns=(), label_column=LABEL_COLUMN,
+               num_classes=None):
+    return read_rows(find_split_file(data_dir, split), split, image_pattern, extra_columns, label_column, num_classes)
 
 
-def read_rows(path, split, image_pattern="{id}.jpg", extra_columns=()):
+def read_rows(path, split, image_pattern="{id}.jpg", extra_columns=(), label_column=LABEL_COLUMN, num_classes=None):
     """The rows of one TSV file (any name); `split` names them (ids `<split>-<row>` without an id column).
 
     `extra_columns` (e.g. doctor's label proxies) are read too, where the file has them, into `extra`.
+    Labels come from `label_column` (absent: the file is unlabelled), class numbers below `num_classes`
+    (default: `classes.known_num_classes`).
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; "
                         "give the path of a tab-separated file of posts")
-    table = _read_tsv(path, extra_columns)
-    _check_columns(table.header, path, image_pattern)
+    table = _read_tsv(path, (label_column, *extra_columns))
+    _check_columns(table.header, path, image_pattern, label_column)
     if not table.lines:
         raise UserError(f"{path}: the file has a header but no rows; add rows (or leave {split!r} out of --splits)")
     frame = pd.DataFrame(table.columns, dtype=object)
-    labels = parse_labels(frame[LABEL_COLUMN], path, table.lines) if LABEL_COLUMN in frame.columns else None
+    labels = parse_labels(frame[label_column], path, table.lines, label_column, num_classes) \
+        if label_column in frame.columns else None
     ids = _row_ids(frame, split)
     duplicates = _check_duplicate_ids(ids, labels, path, table.lines)
     return SplitRows(
@@ -195,8 +200,8 @@ def _replace_bad_bytes(values):
     return repaired, repaired != values
 
 
-def _check_columns(header, path, image_pattern):
-    missing = []  # no 2_way_label is fine: an unlabelled file
+def _check_columns(header, path, image_pattern, label_column=LABEL_COLUMN):
+    missing = []  # no label column is fine: an unlabelled file
     if not any(c in header for c in TEXT_COLUMNS):
         missing.append(" or ".join(TEXT_COLUMNS))
     if IMAGE_COLUMN not in header and "{id}" in image_pattern and "id" not in header:
@@ -204,22 +209,33 @@ def _check_columns(header, path, image_pattern):
     if missing:
         raise UserError(
             f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header)}; "
-            f"expected: clean_title (or title), {IMAGE_COLUMN} (or id), and {LABEL_COLUMN} to train"
+            f"expected: clean_title (or title), {IMAGE_COLUMN} (or id), and {label_column} to train"
         )
 
 
-def parse_labels(column, path, lines=None):
-    """Labels as int8 0/1; `1.0` and ` 1 ` are accepted, anything else is named by line."""
+def parse_labels(column, path, lines=None, label_column=LABEL_COLUMN, num_classes=None):
+    """Class numbers 0..K-1 as int16 (K: `known_num_classes`, else any below MAX_CLASSES); `1.0` and ` 1 ` are
+    accepted, anything else is named by line."""
+    count = known_num_classes(label_column, num_classes)
     numbers = pd.to_numeric(column.str.strip(), errors="coerce")
-    bad = ~numbers.isin([0, 1])
+    bad = ~(numbers.isin(range(count or MAX_CLASSES)))  # NaN (not a number) and 1.5 are not in it either
     if bad.any():
         line = (lambda i: lines[i]) if lines is not None else (lambda i: i + 2)
         rows = [f"line {line(i)}: {column.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())[:_MAX_ROWS_LISTED]]
         raise UserError(
-            f"{path}: column {LABEL_COLUMN} must be 0 (fake) or 1 (real); "
+            f"{path}: column {label_column} must be {_label_rule(label_column, count, num_classes)}; "
             f"{int(bad.sum())} row(s) are not, e.g. {'; '.join(rows)}; fix or remove them"
         )
-    return numbers.to_numpy().astype(np.int8)
+    return numbers.to_numpy().astype(np.int16)
+
+
+def _label_rule(label_column, count, num_classes):
+    if count == 2 and label_column == LABEL_COLUMN and num_classes is None:
+        return "0 (fake) or 1 (real)"  # the message of before N classes, for the default column
+    if count is None:
+        return f"a whole number from 0 to {MAX_CLASSES - 1} (the class number, 0..K-1)"
+    why = "--num-classes" if num_classes is not None else f"Fakeddit's {label_column} has {count} classes"
+    return f"a whole number from 0 to {count - 1} ({why}; give --num-classes for another count)"
 
 
 def _row_ids(frame, split):

@@ -108,27 +108,45 @@ def _pair(split, row, other, partner, kind, similarity, labels, ids, partners):
             "other_label": int(labels[other][partner]), "partners": partners, "_row": row}
 
 
-def class_balance(splits):
-    return {name: {"rows": len(split), "fake": int((split.labels == 0).sum()), "real": int((split.labels == 1).sum()),
-                   "real_share": round(float(split.labels.mean()), 4) if len(split) else None}
-            for name, split in splits.items()}
+def class_balance(splits, class_names=("fake", "real")):
+    """Per split: rows, `counts` and `shares` per class name; the two-class fake/real set also keeps the keys it
+    had before N classes (fake, real, real_share)."""
+    balance = {}
+    for name, split in splits.items():
+        counts = np.bincount(split.labels[split.labels >= 0], minlength=len(class_names))[:len(class_names)]
+        info = {"rows": len(split), "counts": dict(zip(class_names, map(int, counts))),
+                "shares": {c: round(int(n) / len(split), 4) if len(split) else None
+                           for c, n in zip(class_names, counts)}}
+        if tuple(class_names) == ("fake", "real"):
+            info.update(fake=int(counts[0]), real=int(counts[1]),
+                        real_share=round(float(split.labels.mean()), 4) if len(split) else None)
+        balance[name] = info
+    return balance
 
 
-def label_proxies(columns, labels):
+def _majority(labels, num_classes):
+    """The most frequent label; a tie goes to the highest (for two classes, as the mean >= 0.5 rule of before)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return int(len(counts) - 1 - np.argmax(counts[::-1]))
+
+
+def label_proxies(columns, labels, num_classes=2):
     """How well each proxy column alone predicts the label on test: the majority label of its value on
     train (a value unseen in train gets train's majority). `columns` = {split: {column: list of str}}."""
     result = {}
     if "train" not in columns or "test" not in columns:
         return result
-    train_majority = int(labels["train"].mean() >= 0.5)
+    train_majority = _majority(labels["train"], num_classes)
     for column in PROXY_COLUMNS:
         if column not in columns["train"] or column not in columns["test"]:
             continue
-        votes = defaultdict(lambda: [0, 0])
+        votes = defaultdict(list)
         for value, label in zip(columns["train"][column], labels["train"]):
-            votes[value][int(label)] += 1
+            votes[value].append(int(label))
         test_values = columns["test"][column]
-        predicted = np.array([int(votes[v][1] > votes[v][0]) if v in votes else train_majority for v in test_values])
+        # A value's majority label; a tie goes to the lowest label (for two classes: fake, as before).
+        value_label = {v: int(np.argmax(np.bincount(found, minlength=num_classes))) for v, found in votes.items()}
+        predicted = np.array([value_label.get(v, train_majority) for v in test_values])
         truth = labels["test"]
         accuracy = float((predicted == truth).mean()) if len(truth) else None
         result[column] = {

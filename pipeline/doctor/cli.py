@@ -27,6 +27,8 @@ class DoctorConfig:
     data_dir: str = help_field("the split files the cache was embedded from (titles, subreddit/domain/author "
                                "columns); None skips the title and label-proxy checks", default=None)
     image_pattern: str = help_field("as for embed, when the split files have no local_image_path", default="{id}.jpg")
+    label_column: str = help_field("the cache's label set whose conflicts and balance are checked; None means the "
+                                   "one the cache's last embed used", default=None)
     out: str = help_field("report folder; None means <cache-dir>/doctor", default=None)
     threshold: float = help_field("near duplicate: centred cosine to a train row at or above this", default=0.95)
     write_clean_ids: str = help_field("also write the val/test ids without any cross-split duplicate to this file "

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.data.classes import class_names_of
 from pipeline.data.splits import read_split
 from pipeline.doctor import checks
-from pipeline.embed.cache import load_split, read_manifest
+from pipeline.embed.cache import MANIFEST_NAME, load_split, read_manifest
+from pipeline.embed.labels import with_label_set
 from pipeline.errors import UserError
 from pipeline.files import output_folder, write_atomic, write_json_atomic, write_text_atomic
 
@@ -30,12 +32,16 @@ def run_doctor(config, log=print):
     from pipeline.device import resolve_device
 
     started = time.perf_counter()
-    manifest = read_manifest(config.cache_dir)
+    try:
+        manifest = with_label_set(read_manifest(config.cache_dir), config.label_column)
+    except UserError as error:
+        raise UserError(f"{Path(config.cache_dir) / MANIFEST_NAME}: {error}") from None
+    column, class_names = manifest["label_column"], class_names_of(manifest)
     names = [name for name in ("train", "val", "test") if name in manifest["splits"]]
     if "train" not in names or len(names) < 2:
         raise UserError(f"{config.cache_dir}: doctor compares val/test with train; the cache has "
                         f"{', '.join(manifest['splits'])}: embed train and val or test")
-    splits = {name: load_split(config.cache_dir, name) for name in names}
+    splits = {name: load_split(config.cache_dir, name, label_column=column) for name in names}
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -66,7 +72,7 @@ def run_doctor(config, log=print):
                      "trains as it is, and `embed` with the same inputs keeps it as it is; re-embed it for this check "
                      "(`python -m pipeline embed` with the same flags into a new --cache-dir)")
 
-    titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern)
+    titles, proxies = (_read_data(config.data_dir, splits, config.image_pattern, column, len(class_names))
                        if config.data_dir else (None, None))
     if titles is not None:
         pairs += checks.exact_pairs({n: [checks.normalise_title(t) for t in v] for n, v in titles.items()},
@@ -91,7 +97,7 @@ def run_doctor(config, log=print):
                          "(a random or collapsed encoder, e.g. the demo's CLIP)")
 
     report = _report(config, manifest, splits, pairs, checked, near, notes, device)
-    report["label_proxies"] = checks.label_proxies(proxies, labels) if proxies else {}
+    report["label_proxies"] = checks.label_proxies(proxies, labels, len(class_names)) if proxies else {}
     if config.data_dir and not report["label_proxies"]:
         notes.append(f"no label-proxy column ({', '.join(checks.PROXY_COLUMNS)}) in the split files")
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -111,12 +117,13 @@ def run_doctor(config, log=print):
     return report
 
 
-def _read_data(data_dir, splits, image_pattern):
+def _read_data(data_dir, splits, image_pattern, label_column, num_classes):
     """({split: titles in cache order}, {split: {proxy column: values in cache order}}), from one read of each
     split file by stage one's own reader."""
     titles, proxies = {}, {}
     for name, split in splits.items():
-        rows = read_split(data_dir, name, image_pattern, extra_columns=checks.PROXY_COLUMNS)
+        rows = read_split(data_dir, name, image_pattern, extra_columns=checks.PROXY_COLUMNS, label_column=label_column,
+                          num_classes=num_classes)
         position = {key: row for row, key in enumerate(rows.ids)}
         missing = [key for key in split.ids if key not in position]
         if missing:
@@ -145,7 +152,8 @@ def _report(config, manifest, splits, pairs, checked, near, notes, device):
         "data_dir": config.data_dir and str(config.data_dir),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "device": str(device), "checked": checked, "notes": notes,
-        "class_balance": checks.class_balance(splits),
+        "label_column": manifest["label_column"], "classes": manifest.get("classes"),
+        "class_balance": checks.class_balance(splits, class_names_of(manifest)),
         "placeholder_rows": placeholders,
         "placeholder_files": manifest.get("config", {}).get("placeholder_files", []),
         "near_duplicate_search": near,
@@ -158,7 +166,8 @@ def _report(config, manifest, splits, pairs, checked, near, notes, device):
 def summary_lines(report):
     lines = []
     for name, info in report["class_balance"].items():
-        lines.append(f"{name}: {info['rows']} rows, {info['fake']} fake / {info['real']} real, "
+        counts = " / ".join(f"{count} {label}" for label, count in info["counts"].items())
+        lines.append(f"{name}: {info['rows']} rows, {counts}, "
                      f"placeholder images {report['placeholder_rows'].get(name) or 0}")
     for kind in KINDS:
         state = "checked" if report["checked"][kind] else "NOT checked"

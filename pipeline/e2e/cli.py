@@ -27,7 +27,7 @@ def add_arguments(parser):
     add_config_arguments(parser.add_argument_group("fine-tuning"), FinetuneConfig)
     # --features is train-head's: the similarity is a cached feature, and end to end nothing is cached.
     add_config_arguments(parser.add_argument_group("head (as for train-head)"), HeadConfig,
-                         skip=("text_dim", "image_dim", "features"))
+                         skip=("text_dim", "image_dim", "features", "num_classes"))  # K: from --label-column
     add_config_arguments(parser.add_argument_group("training (as for train-head)"), TrainConfig,
                          defaults=TRAIN_DEFAULTS, skip=TRAIN_FIELDS_UNUSED)
 
@@ -35,10 +35,12 @@ def add_arguments(parser):
 def run(args):
     from pipeline.e2e.run import run_finetune  # torch, transformers and peft: only when the command runs
 
+    # --num-classes is the data's (EmbedConfig); the head's K is set from the labels once they are read.
     data, head, train = configs_from_args(args, EmbedConfig, HeadConfig, TrainConfig,
-                                          EmbedConfig=_UNUSED_EMBED_FLAGS)
+                                          EmbedConfig=_UNUSED_EMBED_FLAGS, HeadConfig={"num_classes": 2})
     out = run_finetune(data, config_from_args(FinetuneConfig, args, head=head, train=train),
                        command_line=getattr(args, "command_line", None))
-    if int(os.environ.get("RANK", "0")) == 0:  # one process writes the run folder under torchrun
+    # One process writes the run folder under torchrun; a run of K > 2 classes has no page yet (e2e/kway.py).
+    if int(os.environ.get("RANK", "0")) == 0 and (out / "run.json").is_file():
         args.report_folder = out  # __main__ writes its page (--report)
     return 0

@@ -23,8 +23,9 @@ from pipeline.files import write_text_atomic
 from pipeline.model.head import save_head
 
 
-def export_model(model, tokenizer, out, data):
-    """Write the exports of a fine-tuned `model` into `out`; `data` is the run's EmbedConfig."""
+def export_model(model, tokenizer, out, data, class_names=None):
+    """Write the exports of a fine-tuned `model` into `out`; `data` is the run's EmbedConfig, `class_names` the
+    names of its label column's classes (kept in head/head_config.json and embed.sh)."""
     out = Path(out)
     clip_model_folder, lora_was_given = data.clip_model, bool(data.clip_lora)
     out.mkdir(parents=True, exist_ok=True)
@@ -42,8 +43,11 @@ def export_model(model, tokenizer, out, data):
     preprocessor = Path(clip_model_folder) / "preprocessor_config.json"
     if preprocessor.is_file():  # stage one reads image size, mean and std from it
         shutil.copy(preprocessor, out / "clip_model" / preprocessor.name)
-    save_head(out / "head", model.head)
-    _write_embed_line(out, data, isinstance(vision, PeftModel) and not lora_was_given, model.text_encoder.pooling)
+    names = list(class_names) if class_names else None
+    save_head(out / "head", model.head,
+              extra_config={"label_column": data.label_column, "class_names": names} if names else None)
+    _write_embed_line(out, data, isinstance(vision, PeftModel) and not lora_was_given, model.text_encoder.pooling,
+                      names)
     return out
 
 
@@ -73,7 +77,7 @@ def _export_image_tower(image_encoder, folder):
     clip.save_pretrained(folder)
 
 
-def _write_embed_line(out, data, adapter_fits_base, pooling):
+def _write_embed_line(out, data, adapter_fits_base, pooling, class_names=None):
     """export/embed.sh: stage one on the run's own data with the exported encoders, from any folder.
 
     Every path is absolute and every data setting the run used is spelled out, so the cache holds the
@@ -88,7 +92,9 @@ def _write_embed_line(out, data, adapter_fits_base, pooling):
              # A plain save_pretrained text folder: `--pooling auto` could not tell what it was trained with.
              "--pooling", pooling, "--max-length", data.max_length, "--clip-embedding", data.clip_embedding,
              "--on-bad-image", data.on_bad_image, "--on-empty-title", data.on_empty_title,
-             "--max-pixels", data.max_pixels]
+             "--max-pixels", data.max_pixels, "--label-column", data.label_column]
+    if class_names:  # the cache then names the classes as the run did
+        flags += ["--class-names", ",".join(class_names)]
     line = " ".join(shlex.quote(str(value)) for value in flags)
     write_text_atomic(out / "embed.sh", EMBED_SCRIPT.format(flags=line))
 

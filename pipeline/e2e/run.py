@@ -17,9 +17,11 @@ import torch
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 import pipeline
+from pipeline.data.classes import resolve_class_names
 from pipeline.data.images import ImageSettings
-from pipeline.data.splits import CLASS_NAMES, SPLITS, read_split
+from pipeline.data.splits import SPLITS, read_split
 from pipeline.device import decode_workers, resolve_device
+from pipeline.e2e import kway
 from pipeline.e2e.data import E2ERows, MultimodalDataCollator, scan_rows
 from pipeline.e2e.export import export_model
 from pipeline.e2e.trainer import MultimodalTrainer, configure_trainable, metrics_from_logits
@@ -35,6 +37,7 @@ from pipeline.runs.encoders import exported
 from pipeline.runs.record import data_of_e2e
 from pipeline.train.losses import class_weights, weighted_cross_entropy
 from pipeline.train.metrics import presence_groups, score_probabilities, shown
+from pipeline.train.multiclass import score_multiclass
 from pipeline.train.run_folder import FitResult, HeadRun, write_run
 from pipeline.train.run_warnings import run_warnings
 
@@ -61,15 +64,20 @@ def run_finetune(data, config, log=print, command_line=None):
         config = replace(config, text_lora_targets=text_lora_targets(data.text_model, config.text_lora_targets))
     check_image_size(data.clip_model, settings.size, Path(data.clip_model) / "preprocessor_config.json")
     check_max_length(data.text_model, data.max_length)  # before the rows are scanned, not at the first long title
-    splits, datasets, skipped = _load_rows(data, settings, log)
+    splits, datasets, skipped, names = _load_rows(data, settings, log)
+    binary = len(names) == 2  # two classes: stage two's binary scoring, as before N classes
+    config = replace(config, head=replace(config.head, num_classes=len(names)))
+    if not binary:
+        kway.check_stop_metric(config.train.metric)
     model, lora_summary = build_model(data, config)
     tokenizer = load_tokenizer(data.text_model)
-    weights = class_weights(splits["train"].labels[datasets["train"].keep], config.train.class_weights)
+    train_labels = splits["train"].labels[datasets["train"].keep]
+    weights = class_weights(train_labels, config.train.class_weights, names)
     trainer = MultimodalTrainer(
         model=model, args=_training_arguments(config, data, out, device),
         train_dataset=datasets["train"], eval_dataset=datasets["val"],
         data_collator=MultimodalDataCollator(tokenizer, settings, data.max_length),
-        compute_metrics=metrics_from_logits,
+        compute_metrics=metrics_from_logits if binary else kway.metrics_from_logits,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.train.patience)],
         class_weights=weights, lr_encoder=config.lr_encoder, lr_head=config.lr_head,
         modality_dropout=config.train.modality_dropout if len(model.head.config.modalities) == 2 else 0.0,
@@ -81,18 +89,19 @@ def run_finetune(data, config, log=print, command_line=None):
     if checkpoint:
         log(f"resuming {out} from {checkpoint} ({_progress(checkpoint)})")
     trainer.train(resume_from_checkpoint=checkpoint)
-    run = _evaluate(trainer, splits, datasets, weights, config.train)  # a collective: every rank takes part
+    run = _evaluate(trainer, splits, datasets, weights, config.train, names)  # a collective: every rank takes part
     if not trainer.is_world_process_zero():
         return out
     resolved = {"command": "finetune-e2e", "pipeline_version": pipeline.__version__, "data": asdict(data),
                 "finetune": asdict(config), "clip_lora": lora_summary, "class_weights": weights.tolist(),
-                "device": str(device)}
-    export_model(trainer.model, tokenizer, out / "export", data)
+                "device": str(device), "label_column": data.label_column, "class_names": list(names)}
+    export_model(trainer.model, tokenizer, out / "export", data, names)
     # The pooling the model was trained through, as export/embed.sh names it.
     encoders = exported(out, model.text_encoder.pooling, data.max_length, data.clip_embedding, settings.record(),
                         model.dims, text_family=model.text_encoder.family.name,
                         image_family=model.image_encoder.family.name)
-    write_run(out, run, resolved, encoders=encoders, command_line=command_line, data=data_of_e2e(data))
+    write_run(out, run, resolved, encoders=encoders, command_line=command_line, data=data_of_e2e(data),
+              label_column=data.label_column)
     write_skipped(out / "skipped.tsv", skipped)
     log(f"Validation metrics: {shown(run.metrics['val'])}")
     log(f"Test metrics: {shown(run.metrics['test'])}")
@@ -107,9 +116,10 @@ def _load_rows(data, settings, log):
     splits, datasets, skipped = {}, {}, []
     image_root = data.resolved_image_root
     for name in SPLITS:
-        rows = read_split(data.data_dir, name, data.image_pattern)
+        rows = read_split(data.data_dir, name, data.image_pattern, label_column=data.label_column,
+                          num_classes=data.num_classes)
         if not rows.labelled:
-            raise UserError(f"{rows.path}: no 2_way_label column, so split {name!r} is unlabelled; fine-tuning "
+            raise UserError(f"{rows.path}: no {data.label_column} column, so split {name!r} is unlabelled; fine-tuning "
                             "needs labelled train, val and test files (unlabelled posts are for `predict`)")
         keep, bad, halves = scan_rows(rows, image_root, settings,
                                       decode_workers(data.num_workers, resolve_device(data.device)),
@@ -126,7 +136,8 @@ def _load_rows(data, settings, log):
         log(f"{name}: {len(rows)} rows read, {len(keep)} used ({len(text_only)} text-only, "
             f"{len(halves) - len(text_only)} image-only), {len(bad)} skipped")
         splits[name], datasets[name] = rows, E2ERows(rows, keep, image_root, settings, no_image=text_only)
-    return splits, datasets, skipped
+    names = resolve_class_names(data.label_column, splits, data.num_classes, data.class_names)
+    return splits, datasets, skipped, names
 
 
 def build_model(data, config):
@@ -137,6 +148,9 @@ def build_model(data, config):
         folder = Path(config.init_head)
         head = load_head(folder / "head" if (folder / "head").is_dir() else folder)
         check_dims(head.config, dims, source="the encoders of --text-model/--clip-model", head_name=str(folder))
+        if head.config.num_classes != config.head.num_classes:
+            raise UserError(f"--init-head {folder}: the head has {head.config.num_classes} outputs but the labels "
+                            f"have {config.head.num_classes} classes; give a head trained on this label column")
     else:
         head = FusionHead(replace(config.head, text_dim=dims["text"], image_dim=dims["image"]))
     model.head = head.train()
@@ -210,8 +224,9 @@ def _is_complete(checkpoint):
     return isinstance(state, dict)  # the Trainer's state is an object; anything else was not written by it
 
 
-def _evaluate(trainer, splits, datasets, weights, train_config):
-    """Stage two's scoring on the Trainer's predictions: threshold tuned on val, test scored once."""
+def _evaluate(trainer, splits, datasets, weights, train_config, names):
+    """Stage two's scoring on the Trainer's predictions: threshold tuned on val, test scored once (two classes;
+    K > 2: the argmax, train/multiclass.py)."""
     probs, losses, labels, ids = {}, {}, {}, {}
     for name in ("val", "test"):
         output = trainer.predict(datasets[name])
@@ -221,25 +236,30 @@ def _evaluate(trainer, splits, datasets, weights, train_config):
         if not np.array_equal(target.numpy(), expected):  # predictions must line up with the ids below
             raise RuntimeError(f"{name}: gathered predictions are not in dataset order "
                                f"({len(target)} vs {len(expected)} rows)")
-        probs[name] = torch.softmax(logits, dim=-1)[:, 1].numpy()
+        probs[name] = torch.softmax(logits, dim=-1).numpy()  # (N, K)
         losses[name] = float(weighted_cross_entropy(logits, target, weights))
         labels[name] = target.numpy()
         ids[name] = np.asarray(splits[name].ids, dtype=object)[datasets[name].keep]
     history, best_epoch = _history(trainer.state)
+    fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
     groups = {name: presence_groups([bool(splits[name].texts[row]) for row in datasets[name].keep],
                                     [row not in datasets[name].no_image for row in datasets[name].keep])
               for name in ("val", "test")}
     train_labels = splits["train"].labels[datasets["train"].keep]  # the rows the weights were counted on
-    metrics, predictions = score_probabilities(ids, labels, probs, losses, groups=groups,
-                                               class_weights=weights.tolist(), bootstrap=train_config.bootstrap,
-                                               seed=train_config.seed, train_labels=train_labels)
+    options = {"groups": groups, "class_weights": weights.tolist(), "bootstrap": train_config.bootstrap,
+               "seed": train_config.seed, "train_labels": train_labels}
+    if len(names) == 2:  # prob_real, as stage two's binary scoring takes it
+        metrics, predictions = score_probabilities(ids, labels, {name: prob[:, 1] for name, prob in probs.items()},
+                                                   losses, class_names=names, **options)
+    else:  # the argmax decides
+        metrics, predictions = score_multiclass(ids, labels, probs, losses, names, **options)
     # The same sanity warnings as train-head (a model of one class, no better than the majority, small val).
-    warnings = run_warnings(metrics, predictions["test"]["pred"], labels["val"], CLASS_NAMES)
+    warnings = run_warnings(metrics, predictions["test"]["pred"], labels["val"], names)
     for name in ("val", "test"):
         metrics[name]["warnings"] = warnings
-    fit = FitResult(history=history, best_epoch=best_epoch, best_score=trainer.state.best_metric)
     return HeadRun(head=trainer.model.head, fit=fit, metrics=metrics, predictions=predictions,
-                   class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None, warnings=warnings)
+                   class_weights=weights.tolist(), device=str(trainer.args.device), seconds=None, warnings=warnings,
+                   class_names=tuple(names))
 
 
 def _history(state):

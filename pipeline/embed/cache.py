@@ -6,6 +6,8 @@ Layout::
     <cache>/<split>/part-NNNNN.parquet   rows [N * part_rows, (N + 1) * part_rows) of the split
                                          (id, label, text_emb, image_emb, image_sha256, image_phash
                                          [, similarity: one CLIP/SigLIP model as both towers, embed/similarity.py])
+    <cache>/labels/<column>/<split>.parquet  the labels of one label column (embed/labels.py); the parts'
+                                         own `label` column is null since label sets (older caches: 2_way_label)
     <cache>/manifest.json                written last: the cache is complete only with it
     <cache>/skipped.tsv                  rows that could not be embedded, with the reason
     <cache>/partial.tsv                  rows kept with one modality: split, id, missing (image/text), reason
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.phash import WORDS
 from pipeline.data.splits import CLASS_NAMES, machine_memory_bytes
+from pipeline.embed import labels as label_sets
 from pipeline.embed.hash_column import phash_array, phash_matrix
 from pipeline.embed.manifest import MANIFEST_NAME, MAX_DIM, READABLE_VERSIONS, check_manifest, read_manifest  # noqa: F401 (read through cache., as before the manifest had its module)
 from pipeline.embed.owned import PART_NAME
@@ -203,8 +206,9 @@ def _check_fits_in_memory(path, rows, width):
                         f"machine's {total / 1e9:.1f} GB of memory; use a machine with more memory or fewer rows")
 
 
-def load_split(cache_dir, split, verify=True):
-    """Load one split of a complete cache as float32 NumPy arrays, with its presence masks.
+def load_split(cache_dir, split, verify=True, label_column=None):
+    """Load one split of a complete cache as float32 NumPy arrays, with its presence masks and the labels of
+    `label_column` (None: the label set the cache's last embed used; see embed/labels.py).
 
     Parts are read one at a time into preallocated arrays, so peak memory is the
     split's float32 size plus one part, whatever the number of parts.
@@ -255,6 +259,8 @@ def load_split(cache_dir, split, verify=True):
         start = stop
     if start != rows:
         raise UserError(f"{Path(cache_dir) / split}: parts hold {start} rows, the manifest {rows}; re-embed the cache")
+    kept_apart = label_sets.read_labels(cache_dir, manifest, split, label_column, ids, verify)
+    labels = labels if kept_apart is None else kept_apart  # None: a cache before label sets, labels in the parts
     # Arrow's allocator keeps the freed part buffers for reuse; hand them back so that
     # holding a split costs its arrays, not arrays plus a pool the size of a part or more.
     pa.default_memory_pool().release_unused()
@@ -295,7 +301,7 @@ def _matrix(column, dim, path, name):
     return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
-def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=()):
+def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=(), label_set=None):
     """Write skipped.tsv and, last, the manifest that marks the cache complete.
 
     `splits` maps split name -> number of input rows read. Checks that every
@@ -307,7 +313,9 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     Per split the manifest also has `class_counts` (embedded rows per class),
     `labelled` (false when the split file had no label column: labels are null),
     the parts' summed counts, and whatever `split_notes[split]` adds. `features` names the parts' extra
-    feature columns (similarity), recorded as the manifest's `features` when there are any.
+    feature columns (similarity), recorded as the manifest's `features` when there are any. `label_set` =
+    (SplitRows by split, label column, class names) writes that label set (embed/labels.py), whose counts then
+    replace the parts'.
     """
     cache_dir = Path(cache_dir)
     classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
@@ -352,6 +360,8 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
         "dims": dims, "classes": classes, "splits": manifest_splits,
         "config": config, **({"features": list(features)} if features else {}),
     }
+    if label_set is not None:
+        manifest = label_sets.write_label_set(cache_dir, manifest, *label_set)
     write_json_atomic(cache_dir / MANIFEST_NAME, manifest)
     return manifest
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from pipeline.config import existing, help_field, number, one_of, validate, whole
+from pipeline.data.classes import DEFAULT_LABEL_COLUMN, MAX_CLASSES
 from pipeline.data.images import DEFAULT_MAX_PIXELS
 from pipeline.model.config import EMBEDDING_CHOICES, POOLING_CHOICES
 
@@ -11,6 +12,7 @@ PLACEHOLDER_POLICIES = ("embed", "skip", "text-only")
 EMPTY_TITLE_POLICIES = ("skip", "image-only")
 STALE_POLICIES = ("refuse", "rebuild")
 CACHE_DTYPES = ("float32", "float16")
+LABELS_FOLDER = "labels"  # embed/owned.py's LABELS (config stays free of the cache's modules)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class EmbedConfig:
         f"when the cache was built from other inputs: {', '.join(STALE_POLICIES)} (refuse: stop and change "
         "nothing, so another model never destroys a cache; rebuild: replace it once the new one is complete)",
         default="refuse")
+    # Not in the fingerprint: the vectors do not depend on the labels (embed/labels.py keeps them apart).
+    label_column: str = help_field("column holding the class numbers 0..K-1; another column on a complete cache "
+                                   "of the same files and encoders adds its label set without running the "
+                                   "encoders", default=DEFAULT_LABEL_COLUMN)
+    num_classes: int = help_field("number of classes K (default: Fakeddit's own for 2_way_label, 3_way_label and "
+                                  "6_way_label, else the largest label + 1)", default=None)
+    class_names: str = help_field("class names in label order, comma-separated, e.g. fake,real (default: "
+                                  "Fakeddit's for its columns, else class_0,class_1,...)", default=None)
     part_rows: int = help_field("input rows per Parquet part (the unit of resuming)", default=4096)
     cache_dtype: str = help_field(f"storage type of the vectors: {', '.join(CACHE_DTYPES)}", default="float32")
     max_pixels: int = help_field("images with more pixels are refused without decoding", default=DEFAULT_MAX_PIXELS)
@@ -77,6 +87,11 @@ class EmbedConfig:
                 ("placeholder_max_bytes", 0), ("placeholder_min_rows", 2),
             )),
             None if self.splits else "--splits '': no split names; give at least one, e.g. train,val,test",
+            "--splits labels: that name is the label sets' folder in the cache; rename the split"
+            if LABELS_FOLDER in self.splits else None,
+            None if self.label_column.strip() else "--label-column '': give the name of the label column",
+            None if self.num_classes is None or 2 <= self.num_classes <= MAX_CLASSES else
+            f"--num-classes {self.num_classes}: needs to be a whole number from 2 to {MAX_CLASSES}",
             existing(self, "data_dir"), existing(self, "text_model"), existing(self, "clip_model"),
             existing(self, "clip_lora", kind="path"),
             None if self.lora_alpha is None else number(self, "lora_alpha", above=0),

@@ -6,6 +6,7 @@ names the file and the first problem instead of a traceback further on.
 
 from pathlib import Path
 
+from pipeline.embed.labels import check_label_sets
 from pipeline.embed.owned import PART_NAME
 from pipeline.errors import UserError
 from pipeline.files import read_json_object
@@ -60,6 +61,7 @@ def check_manifest(manifest, path):
                     "{file: part-NNNNN.parquet, rows, sha256}")
         if sum(part["rows"] for part in parts) != info["rows_embedded"]:
             bad(f"split {name!r}: its parts' rows do not add up to rows_embedded {info['rows_embedded']}")
+    check_label_sets(manifest, bad)
     return manifest
 
 

@@ -2,7 +2,8 @@
 
 Stage one deletes or replaces only files it can prove it wrote:
 `fingerprint.json` and `manifest.json` of our shape, `skipped.tsv` and `partial.tsv` beside them,
-`<split>/part-NNNNN.parquet` files that carry our Parquet metadata, and our temp
+`<split>/part-NNNNN.parquet` files that carry our Parquet metadata, `labels/<column>/<split>.parquet`
+label files (embed/labels.py) that carry theirs, and our temp
 files (`.NAME.PID.tmp` with NAME one of those). Anything else in the folder (a
 user's images in `train/`, a Spark `part-*.parquet`, a `notes.tmp`) is left as
 it is, and a folder is removed only when it is empty.
@@ -26,6 +27,9 @@ from pipeline.errors import UserError
 
 STAGING = ".rebuild"
 LOCK = ".lock"
+LABELS = "labels"  # the label sets' folder, never a split's (embed refuses a split of that name)
+_LABEL_KEY = b"pipeline.labels"  # labels.LABELS_KEY (that module imports this one)
+_LABEL_TEMP = re.compile(r"^\..+\.parquet\.\d+\.tmp$")
 PART_NAME = re.compile(r"^part-\d{5}\.parquet$")
 _TOP_FILES = ("manifest.json", "fingerprint.json", "skipped.tsv", "partial.tsv")
 _TEMP_NAME = re.compile(
@@ -76,7 +80,42 @@ def is_our_part(path):
 
 
 def _split_folders(folder):
-    return [p for p in Path(folder).iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+    return [p for p in Path(folder).iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+            and p.name != LABELS]
+
+
+def _is_our_label_file(path):
+    if path.is_symlink() or not path.is_file() or not path.name.endswith(".parquet"):
+        return False
+    try:
+        return _LABEL_KEY in (pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def label_files(folder):
+    """(relative path, path) of our label files (and their temp files) under `folder`/labels/<column>/."""
+    root = Path(folder) / LABELS
+    if not root.is_dir() or root.is_symlink():
+        return []
+    found = []
+    for column in (p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        for path in column.iterdir():
+            if _is_our_label_file(path) or (_LABEL_TEMP.match(path.name) and path.is_file()):
+                found.append((f"{LABELS}/{column.name}/{path.name}", path))
+    return found
+
+
+def _remove_label_files(folder, keep):
+    for relative, path in label_files(folder):
+        if ("", relative) not in keep:
+            path.unlink()
+    root = Path(folder) / LABELS
+    if root.is_dir() and not root.is_symlink():
+        for column in root.iterdir():
+            if column.is_dir() and not column.is_symlink():
+                _remove_if_empty(column)
+        _remove_if_empty(root)
 
 
 def our_temp_files(folder):
@@ -102,6 +141,7 @@ def remove_owned(folder, keep=()):
             if (split.name, path.name) not in keep and (is_our_part(path) or _TEMP_NAME.match(path.name)):
                 path.unlink()
         _remove_if_empty(split)
+    _remove_label_files(folder, keep)
     for name in _TOP_FILES[1:]:
         if ("", name) not in keep:
             (folder / name).unlink(missing_ok=True)
@@ -150,6 +190,8 @@ def swap(cache_dir, manifest):
     listed = [(split, part["file"]) for split, info in manifest["splits"].items() for part in info["parts"]]
     moved = {(split, name) for split, name in listed if not (staging / split / name).exists()}
     moved |= {("", name) for name in _TOP_FILES[1:] if not (staging / name).exists()}
+    labels = [info["file"] for entry in manifest.get("label_sets", {}).values() for info in entry["splits"].values()]
+    moved |= {("", name) for name in labels if not (staging / name).exists()}
     for split, name in listed:  # never rename over a file we did not write
         target = cache_dir / split / name
         if (split, name) not in moved and (target.is_symlink() or target.exists()) and not is_our_part(target):
@@ -163,9 +205,14 @@ def swap(cache_dir, manifest):
         if (split, name) not in moved:
             (cache_dir / split).mkdir(exist_ok=True)
             os.replace(staging / split / name, cache_dir / split / name)
+    for name in labels:
+        if ("", name) not in moved:
+            (cache_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, cache_dir / name)
     for name in (*_TOP_FILES[2:], *_TOP_FILES[1:2], *_TOP_FILES[:1]):  # skipped, fingerprint, then manifest
         if (staging / name).exists():
             os.replace(staging / name, cache_dir / name)
     for split in _split_folders(staging):
         _remove_if_empty(split)
+    _remove_label_files(staging, keep={("", name) for name in labels})
     _remove_if_empty(staging)

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import __version__
+from pipeline.data.classes import resolve_class_names
 from pipeline.data.images import ImageSettings
 from pipeline.data.known_placeholders import KNOWN_PLACEHOLDERS
 from pipeline.data.placeholders import find_placeholders
@@ -28,6 +29,7 @@ from pipeline.data.splits import read_split
 from pipeline.device import autocast, decode_workers, resolve_device
 from pipeline.distributed import Group
 from pipeline.embed import cache, owned
+from pipeline.embed import labels as label_sets
 from pipeline.embed.fingerprint import combine, differences, path_sha256
 from pipeline.embed.loader import Collate, ImageRows, make_loader, plan_batches
 from pipeline.embed.main_loop import embed_batches
@@ -52,7 +54,10 @@ def run_embed(config, group=Group(), log=print):
     writes the manifest after a barrier, once every rank has finished.
     """
     log = log if group.is_main else (lambda *_: None)
-    splits = {name: read_split(config.data_dir, name, config.image_pattern) for name in config.splits}
+    splits = {name: read_split(config.data_dir, name, config.image_pattern, label_column=config.label_column,
+                               num_classes=config.num_classes) for name in config.splits}
+    names = resolve_class_names(config.label_column, splits, config.num_classes, config.class_names)
+    labels = (splits, config.label_column, names)  # written beside the vectors: see embed/labels.py
     pooling, why = resolve_pooling(config.text_model, config.pooling)
     log(f"text pooling: {pooling}" + (f" (--pooling auto: {why})" if config.pooling == "auto" else ""))
     requested, config = config.pooling, replace(config, pooling=pooling)  # from here on, the resolved value
@@ -82,7 +87,14 @@ def run_embed(config, group=Group(), log=print):
                                         if group.is_main else None)
         if state == "complete":
             log(f"cache {cache_dir} is up to date (fingerprint {fingerprint[:12]}); nothing to embed")
-            return cache.read_manifest(cache_dir)
+            manifest = cache.read_manifest(cache_dir)
+            if group.is_main and not label_sets.has_label_set(manifest, config.label_column, names):
+                manifest = label_sets.write_label_set(cache_dir, manifest, *labels)
+                cache.write_json_atomic(cache_dir / cache.MANIFEST_NAME, manifest)
+                log(f"label set {config.label_column!r} ({len(names)} classes) written and in use; "
+                    "no encoder ran")
+                log(summary(manifest))
+            return manifest
         if state == "resume":
             log(_resuming(target, splits, config.part_rows, fingerprint))
         placeholders = find_placeholders(
@@ -116,7 +128,7 @@ def run_embed(config, group=Group(), log=print):
                 split_notes={name: {"placeholder_rows": placeholders.count(name), "duplicate_ids": rows.duplicate_ids,
                                     "non_utf8_rows": rows.non_utf8_rows, "labelled": rows.labelled}
                              for name, rows in splits.items()},
-                features=inputs.get("features", ()),
+                features=inputs.get("features", ()), label_set=labels,
             )
             if Path(target) != cache_dir:
                 owned.swap(cache_dir, manifest)  # the new cache replaces the old one only now, complete
@@ -332,8 +344,11 @@ def _manifest_config(config, lora_summary, device, timings, placeholders, reques
 
 def summary(manifest):
     """Per split: rows read = both + text-only + image-only + skipped (by reason), kept rows per class, notes."""
-    lines = [f"{'split':<8} {'read':>8} {'both':>8} {'text-only':>9} {'image-only':>10} {'skipped':>8} {'fake':>8} "
-             f"{'real':>8}  skipped by reason; missing halves by reason; notes"]
+    names = list(manifest.get("classes", {}).values()) or ["fake", "real"]
+    widths = [max(8, len(name)) for name in names]
+    lines = [f"{'split':<8} {'read':>8} {'both':>8} {'text-only':>9} {'image-only':>10} {'skipped':>8} "
+             + " ".join(f"{name:>{width}}" for name, width in zip(names, widths))
+             + "  skipped by reason; missing halves by reason; notes"]
     warnings = []
     for name, info in manifest["splits"].items():
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(info["skipped_by_reason"].items())) or "-"
@@ -343,10 +358,11 @@ def summary(manifest):
         notes = "".join(f"; {key}={info[key]}" for key in SPLIT_NOTES if info.get(key))
         classes = info.get("class_counts", {})
         labelled = info.get("labelled", True)
-        fake, real = (classes.get("fake", 0), classes.get("real", 0)) if labelled else ("-", "-")
+        counts = " ".join(f"{classes.get(label, 0) if labelled else '-':>{width}}"
+                          for label, width in zip(names, widths))
         lines.append(f"{name:<8} {info['rows_read']:>8} {info['rows_both']:>8} {info['rows_text_only']:>9} "
                      f"{info['rows_image_only']:>10} {info['rows_skipped']:>8} "
-                     f"{fake:>8} {real:>8}  {reasons}{notes}{'' if labelled else '; unlabelled'}")
+                     f"{counts}  {reasons}{notes}{'' if labelled else '; unlabelled'}")
         if not labelled:
             if not info["rows_embedded"]:
                 warnings.append(f"warning: split {name!r} has no embedded rows")

@@ -108,7 +108,7 @@ class PartWriter:
         self.futures.append(future)
 
     def _write(self, part, results, counts):
-        ids, labels, text, image, digests, phashes, skipped, partial = [], [], [], [], [], [], [], []
+        ids, text, image, digests, phashes, skipped, partial = [], [], [], [], [], [], []
         zeros = {name: np.zeros(self.dims[name], np.float32) for name in ("text", "image")}
         for row in self.range(part):  # file order, whatever order the batches came in
             result = results[row]
@@ -116,7 +116,6 @@ class PartWriter:
                 skipped.append({"id": self.rows.ids[row], "row": row, "reason": result})
                 continue
             ids.append(self.rows.ids[row])
-            labels.append(self.rows.labels[row] if self.rows.labelled else None)
             text.append(zeros["text"] if result[0] is None else result[0])
             image.append(zeros["image"] if result[1] is None else result[1])
             digests.append(result[3])
@@ -128,9 +127,8 @@ class PartWriter:
         kept = [row for row in self.range(part) if not isinstance(results[row], str)]
         has_text = [(row, "text") not in absent for row in kept]
         has_image = [(row, "image") not in absent for row in kept]
-        cache.write_part(
-            cache.part_path(self.job.folder, self.rows.split, part), ids,
-            labels if self.rows.labelled else None,
+        cache.write_part(  # labels live apart from the vectors (embed/labels.py): the part's own are null
+            cache.part_path(self.job.folder, self.rows.split, part), ids, None,
             np.stack(text) if ids else np.zeros((0, self.dims["text"]), np.float32),
             np.stack(image) if ids else np.zeros((0, self.dims["image"]), np.float32),
             skipped, dtype=self.job.cache_dtype, counts=counts,

@@ -74,17 +74,18 @@ class RunRecord:
 
 
 def write_run_record(out, kind, *, cache=None, encoders=None, decision=None, data=None, command_line=None,
-                     class_names=CLASS_NAMES):
+                     class_names=CLASS_NAMES, label_column=LABEL_COLUMN):
     """Write run.json into folder `out` and return its RunRecord. `cache`: {"dir", "fingerprint"};
     `decision`: a `threshold.Decision` (None for K > 2 classes: the argmax decides); `command_line`: the
-    words typed (default: this process's argv); `class_names`: the labels' classes in label order."""
+    words typed (default: this process's argv); `class_names`: the labels' classes in label order, those of
+    `label_column`."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     payload = {
         "format_version": FORMAT_VERSION, "kind": kind, "pipeline_version": pipeline.__version__,
         "command_line": list(command_line if command_line is not None else ["python", *sys.argv]),
         "cache": None if cache is None else {"dir": str(cache["dir"]), "fingerprint": cache.get("fingerprint")},
-        "encoders": encoders, "data": data, "label_column": LABEL_COLUMN, "class_names": list(class_names),
+        "encoders": encoders, "data": data, "label_column": label_column, "class_names": list(class_names),
         "threshold": None if decision is None else decision.as_dict(),
     }
     write_json_atomic(Path(out) / RUN_NAME, payload)

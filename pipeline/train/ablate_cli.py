@@ -41,7 +41,9 @@ def add_arguments(parser):
                              "text-only variant (else the first of the grid)")
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows (doctor --write-clean-ids or one id a line)")
-    # num_classes comes from the cache's classes, like the widths.
+    parser.add_argument("--label-column", default=None,
+                        help="the cache's label set to train on (embed --label-column adds one without running the "
+                             "encoders); None means the one the cache's last embed used")
     add_config_arguments(parser, HeadConfig, skip=("modalities", "fusion", "text_dim", "image_dim", "num_classes"))
     add_config_arguments(parser, TrainConfig, skip=("seed",))
 
@@ -85,7 +87,7 @@ def run(args):
 
     grid = variants(args.modalities, args.fusions, head_config.features)
     find_reference(grid, args.reference)  # a bad --reference fails before any training
-    manifest, splits = load_cached_splits(args.cache_dir)
+    manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
     check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     class_names = class_names_of(manifest)
@@ -99,7 +101,7 @@ def run(args):
     out = output_folder(out, "--out")
     write_run_record(out, "ablate", cache={"dir": args.cache_dir, "fingerprint": manifest.get("fingerprint")},
                      encoders=from_manifest(manifest), command_line=getattr(args, "command_line", None),
-                     class_names=class_names)
+                     class_names=class_names, label_column=manifest["label_column"])
     write_csv(out / "ablation.csv", runs)
     write_csv(out / "comparisons.csv", runs.attrs["pooled"])
     write_text_atomic(out / "ablation.md", table)

@@ -33,7 +33,9 @@ def add_arguments(parser):
     parser.add_argument("--eval-ids", default=None,
                         help="score val and test only on these rows: a `split<TAB>id` TSV as `doctor "
                              "--write-clean-ids` writes it, or one id a line")
-    # The widths and the number of classes come from the cache, never a flag that could disagree with it.
+    parser.add_argument("--label-column", default=None,
+                        help="the cache's label set to train on (embed --label-column adds one without running the "
+                             "encoders); None means the one the cache's last embed used")
     add_config_arguments(parser, HeadConfig, skip=("text_dim", "image_dim", "num_classes"))
     add_config_arguments(parser, TrainConfig)
 
@@ -55,7 +57,7 @@ def run(args):
     from pipeline.train.metrics import shown, shown_baselines, shown_by_presence, with_intervals
     from pipeline.train.run_folder import resolved_config, write_run
 
-    manifest, splits = load_cached_splits(args.cache_dir)
+    manifest, splits = load_cached_splits(args.cache_dir, label_column=args.label_column)
     check_cache_features(manifest, head_config.features, args.cache_dir)
     splits, eval_ids = apply_eval_ids(splits, args.eval_ids)
     class_names = class_names_of(manifest)
@@ -73,7 +75,7 @@ def run(args):
         for split in ("val", "test"):
             result.metrics[split]["eval_ids"] = {"file": eval_ids["file"], **eval_ids["rows"][split]}
     out = write_run(out, result, config, encoders=from_manifest(manifest),
-                    command_line=getattr(args, "command_line", None))
+                    command_line=getattr(args, "command_line", None), label_column=manifest["label_column"])
     if "similarity" in head_config.features:  # for the report: the feature's distribution per class
         write_similarity_summary(out, splits)
     for label, split in (("Validation", "val"), ("Test", "test")):

@@ -21,6 +21,7 @@ from pipeline.data.classes import class_names_of
 from pipeline.data.splits import CLASS_NAMES, SPLITS
 from pipeline.device import resolve_device
 from pipeline.embed.cache import load_split, read_manifest
+from pipeline.embed.labels import with_label_set
 from pipeline.errors import UserError
 from pipeline.model.head import FusionHead, drop_modalities
 from pipeline.train.class_checks import check_classes
@@ -36,11 +37,18 @@ from pipeline.train.threads import head_threads
 __all__ = ["fit", "load_cached_splits", "logits_of", "predict", "to_features", "train_head"]
 
 
-def load_cached_splits(cache_dir, names=SPLITS):
-    """(manifest, {split: CachedSplit}) after checking that every split is there, non-empty and labelled
-    0..K-1, K the number of the manifest's classes (pipeline.data.classes.class_names_of)."""
-    manifest = read_manifest(cache_dir)
+def load_cached_splits(cache_dir, names=SPLITS, label_column=None):
+    """(manifest, {split: CachedSplit}) after checking that every split is there, non-empty and labelled 0..K-1.
+
+    The labels are `label_column`'s label set (None: the one the cache's last embed used); the manifest returned
+    describes that set (`label_column`, `classes`, class counts), see embed/labels.py.
+    """
     where = f"{cache_dir}/manifest.json"
+    try:
+        manifest = with_label_set(read_manifest(cache_dir), label_column)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
+    column, classes = manifest["label_column"], class_names_of(manifest)
     dims = manifest.get("dims", {})
     if not all(isinstance(dims.get(m), int) and dims[m] > 0 for m in ("text", "image")):
         raise UserError(f"{where}: dims {dims!r} lacks positive text/image widths; re-embed the cache")
@@ -51,17 +59,15 @@ def load_cached_splits(cache_dir, names=SPLITS):
     unlabelled = [name for name in names if not manifest["splits"][name].get("labelled", True)]
     if unlabelled:
         raise UserError(f"{where}: split {', '.join(map(repr, unlabelled))} is unlabelled (its file has no "
-                        "2_way_label column); training needs labelled train, val and test splits: embed files "
+                        f"{column} column); training needs labelled train, val and test splits: embed files "
                         "with labels (unlabelled posts are for `predict`)")
-    splits = {name: load_split(cache_dir, name) for name in names}
-    class_names = class_names_of(manifest)
+    splits = {name: load_split(cache_dir, name, label_column=column) for name in names}
     for name, split in splits.items():
         if len(split) == 0:
             raise UserError(f"{where}: split {name!r} has no rows; embed more data for it")
-        if not np.isin(split.labels, np.arange(len(class_names))).all():
-            allowed = "0 (fake) or 1 (real)" if len(class_names) == 2 else \
-                f"0..{len(class_names) - 1} (the manifest's classes {', '.join(class_names)})"
-            raise UserError(f"{cache_dir}/{name}: labels must be {allowed}; re-embed the cache")
+        if not np.isin(split.labels, range(len(classes))).all():
+            raise UserError(f"{cache_dir}/{name}: {column} labels must be 0..{len(classes) - 1} "
+                            f"({', '.join(classes)}); re-embed the cache")
         for column in ("text_emb", "image_emb"):
             finite = np.isfinite(getattr(split, column)).all(axis=1)
             if not finite.all():

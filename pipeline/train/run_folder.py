@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import pipeline
-from pipeline.data.splits import CLASS_NAMES
+from pipeline.data.splits import CLASS_NAMES, LABEL_COLUMN
 from pipeline.files import output_folder, write_atomic, write_json_atomic
 from pipeline.model.head import FusionHead, save_head
 from pipeline.runs.encoders import write_encoders
@@ -67,20 +67,21 @@ def write_csv(path, columns):
     write_atomic(path, lambda tmp: pd.DataFrame(columns).to_csv(tmp, index=False))
 
 
-def write_run(out, run, config, encoders=None, command_line=None, data=None):
+def write_run(out, run, config, encoders=None, command_line=None, data=None, label_column=LABEL_COLUMN):
     """Write a `HeadRun` and its resolved `config` (a JSON-able dict) into folder `out`; every file is
     written to a temp file and renamed, so no symlink in `out` is followed.
 
     `encoders` (see pipeline.runs.encoders) goes into encoders.json with the class names and the run's
     decision threshold: all `predict` needs besides the head. run.json records the run (its kind is
-    config["command"]); `data` is finetune-e2e's split files (pipeline.runs.record).
+    config["command"]); `data` is finetune-e2e's split files (pipeline.runs.record); `label_column` the column
+    whose classes the run learned.
     """
     out = output_folder(out, "--out")
     binary = len(run.class_names) == 2
     decision = Decision.from_dict(run.metrics["val"]["decision"]) if binary else None  # K > 2: the argmax
     cache = config.get("cache")
     write_run_record(out, config["command"], cache=cache, encoders=encoders, decision=decision, data=data,
-                     command_line=command_line, class_names=run.class_names)
+                     command_line=command_line, class_names=run.class_names, label_column=label_column)
     write_json_atomic(out / "config.json", config)
     if encoders is not None:
         write_encoders(out, encoders, decision.threshold if binary else None, run.class_names)
