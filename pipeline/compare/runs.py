@@ -46,7 +46,7 @@ def load_run(run_dir):
         raise UserError(f"{folder}: a {record.kind} folder holds no test predictions of its own; {fix}")
     if not (folder / PREDICTIONS).is_file():
         raise UserError(f"{folder}: has no {PREDICTIONS}, so its test rows cannot be matched; {fix}")
-    frame = read_predictions(folder / PREDICTIONS)
+    frame = read_predictions(folder / PREDICTIONS, tuple(record.class_names))
     if frame.empty:
         raise UserError(f"{folder / PREDICTIONS}: holds no rows; rerun the run that wrote it")
     names = tuple(record.class_names)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.data.classes import BINARY_CLASS_NAMES
+from pipeline.data.classes import BINARY_CLASS_NAMES, DEFAULT_LABEL_COLUMN
 from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, ImageSettings, image_pixels, load_image
 from pipeline.device import autocast, resolve_device
@@ -89,8 +89,9 @@ def _argmax_only(threshold, class_names):
 
 class Classifier:
     def __init__(self, model, tokenizer, settings, encoders, threshold, device, run_dir, warnings=(), batch_size=64,
-                 temperature=None, class_names=BINARY_CLASS_NAMES):
+                 temperature=None, class_names=BINARY_CLASS_NAMES, label_column=DEFAULT_LABEL_COLUMN):
         self.class_names = tuple(class_names)  # in label order; K > 2 decides by the argmax (threshold None)
+        self.label_column = label_column  # the column the run learned: what predict reads labels from
         self.model = model  # EncodersWithHead with the run's head, in eval mode
         self.temperature = temperature  # from `train-head --calibrate temperature`; None: the plain softmax
         self.tokenizer = tokenizer
@@ -135,7 +136,8 @@ class Classifier:
         check_image_size(encoders["clip_model"], settings.size, f"{where} (image.size)")
         return cls(model.to(device).eval(), tokenizer, settings, encoders,
                    decide_at, device, run_dir, warnings,
-                   batch_size, temperature=stored_temperature(run_dir / "head"), class_names=class_names)
+                   batch_size, temperature=stored_temperature(run_dir / "head"), class_names=class_names,
+                   label_column=run.label_column)
 
     def check_text_only(self):
         """Refuse `--text-only` for a head that cannot score a post from its title alone."""
@@ -182,8 +184,8 @@ class Classifier:
     def _probabilities(self, logits):
         """(B, K) float64 of (B, K) logits: the softmax, or train-head's calibration of it (binary: the
         temperature divides the margin, so the tuned threshold means what it meant there)."""
-        if self.temperature is None:
-            return torch.softmax(logits, dim=1).double().cpu().numpy()
+        if self.temperature is None:  # float64: the K probabilities of a row sum to 1 within 1e-12
+            return torch.softmax(logits.double(), dim=1).cpu().numpy()
         if logits.shape[1] == 2:
             margins = (logits.double()[:, 1] - logits.double()[:, 0]).cpu().numpy()
             prob_second = apply_temperature(margins, self.temperature)
@@ -245,7 +247,7 @@ class Classifier:
     def predict_tsv(self, path, out=None, **options):
         """What `python -m pipeline predict` writes for `path`, as a DataFrame (and into `out` when given);
         `options`: image_root, image_pattern, cache_dir, num_workers, on_bad_image, on_empty_title, part_rows,
-        log."""
+        text_only, label_column, log."""
         options = {"batch_size": self.batch_size, "log": lambda *_: None, **options}
         if out is not None:
             predict_file(self, path, out, **options)

@@ -3,8 +3,9 @@
 Rebuilds the exact encoders the run's head was trained on (checked by content
 hash; moved folders are fine), embeds the TSV as stage one does (same columns,
 same bad-row policy), scores each row with the head and writes
-id, prob_real, pred, pred_name, status, reason (plus label and correct when the input
-has labels, and <out>.metrics.json). <out>.meta.json records the encoders used.
+id, prob_<class> per class (two classes: prob_real first), pred, pred_name, status, reason
+(plus label and correct when the input has the run's label column, and <out>.metrics.json).
+<out>.meta.json records the encoders used.
 """
 
 from pathlib import Path
@@ -38,12 +39,14 @@ def run(args):
                            image_pattern=config.image_pattern, cache_dir=config.cache_dir,
                            batch_size=config.batch_size, num_workers=config.num_workers,
                            on_bad_image=config.on_bad_image, on_empty_title=config.on_empty_title,
-                           part_rows=config.part_rows, text_only=config.text_only)
+                           part_rows=config.part_rows, text_only=config.text_only, label_column=config.label_column)
     skipped = sum(summary["skipped_by_reason"].values())
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary["skipped_by_reason"].items()))
     halves = ", ".join(f"{k}={v}" for k, v in sorted(summary["half_posts"].items()))
     noted = summary["warnings"][len(classifier.warnings):]  # the input's own (the encoders' are printed above)
-    print(f"{summary['rows']} rows: {summary['scored']} classified at threshold {classifier.threshold:.4f}"
+    decision = "by the most probable class" if classifier.threshold is None else \
+        f"at threshold {classifier.threshold:.4f}"
+    print(f"{summary['rows']} rows: {summary['scored']} classified {decision}"
           f"{f' ({halves})' if halves else ''}, {skipped} not ({reasons or 'none'})"
           + "".join(f"; warning: {warning}" for warning in noted))
     print(read_results(config.out).head(SHOWN_ROWS).to_string(index=False))

@@ -28,14 +28,16 @@ class PredictConfig:
     """How a run folder's classifier is applied to a TSV of posts."""
 
     run: str = help_field("run folder of train-head or finetune-e2e (with head/ and encoders.json)")
-    input: str = help_field("TSV of posts: clean_title or title, local_image_path or id; 2_way_label optional")
+    input: str = help_field("TSV of posts: clean_title or title, local_image_path or id; the label column optional")
     out: str = help_field("CSV to write: one line per input row, in input order")
     image_root: str = help_field("folder local_image_path is relative to (default: the input's folder)", default=None)
     image_pattern: str = help_field("image file name when the TSV has no local_image_path column", default="{id}.jpg")
+    label_column: str = help_field("the input's label column, for metrics when it has one (default: the column "
+                                   "the run learned, as its run.json names it)", default=None)
     threshold: str = help_field(
         "'run' (the run's decision threshold, as in its predictions files: the val-tuned one when val has enough "
         "rows of each class, else 0.5; see docs/outputs.md), 'tuned' (the val-tuned one regardless) or a number "
-        "in [0, 1]", default="run")
+        "in [0, 1]; two-class runs only (more classes: the most probable class)", default="run")
     text_model: str = help_field("the run's text model, if it moved (default: the path the run recorded)",
                                  default=None)
     clip_model: str = help_field("the run's image model folder, if it moved", default=None, aliases=("--image-model",))

@@ -87,7 +87,7 @@ def read_results(path):
 
 def predict_file(classifier, input_path, out, image_root=None, image_pattern="{id}.jpg", cache_dir=None,
                  batch_size=64, num_workers=-1, on_bad_image="text-only", on_empty_title="image-only", part_rows=4096,
-                 text_only=False, log=print):
+                 text_only=False, label_column=None, log=print):
     """Classify every row of a TSV into `out` (CSV) plus `<out>.meta.json` and, with labels,
     `<out>.metrics.json`; returns {"rows", "scored", "half_posts", "skipped_by_reason", "warnings", "metrics"}.
 
@@ -95,9 +95,11 @@ def predict_file(classifier, input_path, out, image_root=None, image_pattern="{i
     missing vectors and reads the half that is there (status ok_text_only / ok_image_only); otherwise they
     get their reason as status, as skipped rows do. `text_only` scores every row from its title and reads
     no image; without it, an input none of whose images is there is refused, and one with more than a
-    few missing gets a warning (summary and meta) saying where they were looked for."""
+    few missing gets a warning (summary and meta) saying where they were looked for. Labels (for metrics) are
+    read from `label_column`, default the column the run learned."""
     input_path, out = Path(input_path), Path(out)
-    rows = read_rows(input_path, SPLIT, image_pattern)
+    rows = read_rows(input_path, SPLIT, image_pattern, label_column=label_column or classifier.label_column,
+                     num_classes=len(classifier.class_names))
     image_root = str(image_root or input_path.parent)
     warnings, keep = list(classifier.warnings), cache_dir is not None
     keys, no_image = [""] * len(rows), None  # kept parts are tied to their image files; temporary ones need no key

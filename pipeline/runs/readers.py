@@ -89,6 +89,11 @@ def read_calibration(head_folder):
 LABEL, PROBABILITY, DIFFERENCE, INT, TEXT = "label", "probability", "difference", "int", "text"
 
 
+def labels_of(num_classes):
+    """The column kind of labels 0..K-1 (LABEL is K = 2)."""
+    return LABEL if num_classes == 2 else f"{LABEL}:{num_classes}"
+
+
 def read_table(path, columns, sep=",", fix=FIX):
     """A CSV/TSV we wrote as a DataFrame, with `columns` ({name: LABEL, PROBABILITY, INT or TEXT}) present
     and of their kind: labels 0 or 1, probabilities numbers in [0, 1] (empty where a row was not scored)."""
@@ -112,8 +117,9 @@ def read_table(path, columns, sep=",", fix=FIX):
 def _column(path, values, name, kind, fix):
     numbers = pd.to_numeric(values.where(values != ""), errors="coerce")
     bad = (values != "") & numbers.isna()
-    if kind == LABEL:
-        bad |= ~numbers.isin([0, 1])
+    classes = int(kind.partition(":")[2] or 2) if kind.startswith(LABEL) else 0
+    if classes:
+        bad |= ~numbers.isin(range(classes))
     elif kind == PROBABILITY:
         bad |= (values != "") & ~numbers.between(0, 1)
     elif kind == DIFFERENCE:
@@ -122,19 +128,23 @@ def _column(path, values, name, kind, fix):
         bad |= (values != "") & (numbers != np.floor(numbers))
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0])
-        what = {LABEL: "0 or 1", PROBABILITY: "a probability from 0 to 1", DIFFERENCE: "a difference from -1 to 1",
-                INT: "a whole number"}[kind]
+        what = f"0 to {classes - 1}" if classes > 2 else {
+            LABEL: "0 or 1", PROBABILITY: "a probability from 0 to 1", DIFFERENCE: "a difference from -1 to 1",
+            INT: "a whole number"}[kind]
         raise UserError(f"{path}: line {line + 2}, column {name}: {values.iloc[line]!r} is not {what}; {fix}")
-    return numbers.astype("Int64") if kind in (LABEL, INT) else numbers
+    return numbers.astype("Int64") if classes or kind == INT else numbers
 
 
 PREDICTION_COLUMNS = {"id": TEXT, "label": LABEL, "prob_real": PROBABILITY}
 
 
-def read_predictions(path):
-    """predictions_<split>.csv of a run: id, label, prob_real (+ pred columns, not needed: the threshold
-    rule decides from prob_real)."""
-    return read_table(path, PREDICTION_COLUMNS)
+def read_predictions(path, class_names=("fake", "real")):
+    """predictions_<split>.csv of a run: id, label, prob_real for two classes (+ pred columns, not needed: the
+    threshold rule decides from prob_real); id, label and prob_<name> of each of K > 2 `class_names`."""
+    if len(class_names) == 2:
+        return read_table(path, PREDICTION_COLUMNS)
+    return read_table(path, {"id": TEXT, "label": labels_of(len(class_names)),
+                             **{f"prob_{name}": PROBABILITY for name in class_names}})
 
 
 def read_skipped(path):

@@ -38,7 +38,8 @@ def scored(logits, labels, weights):
 def scored_k(logits, labels, weights):
     """((N, K) probabilities as float64 NumPy, class-weighted loss) of (N, K) logits."""
     loss = weighted_cross_entropy(logits, labels, weights).item()
-    return torch.softmax(logits.float(), dim=1).double().cpu().numpy(), loss
+    # In float64, so that each row's K probabilities sum to 1 within 1e-12 in the predictions files.
+    return torch.softmax(logits.double(), dim=1).cpu().numpy(), loss
 
 
 def evaluate(model, splits, data, weights, config, class_names):
