@@ -5,11 +5,21 @@ posts with the same (loaded) models, and single-post latency on a quiet server.
   serve.vs_predict    serve.rows_per_s / offline predict's rows/s on the same posts (models loaded in both)
   serve.p50_ms/p99_ms one post per request, one request at a time
   serve.matches_predict share of the load test's answers with predict's status and probability (1e-5)
+
+The load generator is 16 httpx client threads in this (the bench) process; the server is its own process.
+On a 2-core machine the clients' CPU (about 1.3 ms a post, against the server's 12) is taken from the
+server, so the figure is a little below what the server alone would do; every answer is still checked.
+
+`python -m pipeline.bench.serve [--repeats 3]` runs this figure alone, as `make bench` does for the demo
+configuration (demo rows embedded, predict's run, then the serve figure `--repeats` times).
 """
 
+import argparse
 import base64
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,3 +93,37 @@ def _same(answer, status, prob_real):
     if answer["probs"] is None:
         return prob_real != prob_real  # NaN: predict did not score it either
     return abs(answer["probs"]["real"] - prob_real) <= 1e-5
+
+
+def serve_alone(repeats=3, rows=400, demo_dir="data/demo", text_model="minilm", log=print):
+    """The demo configuration's serve figure `repeats` times on one embedded set of rows (the noise of a
+    shared machine shows as their spread); each result also holds its own offline predict figure."""
+    from pipeline.bench import suite
+    from pipeline.bench.cli import _text_model
+    from pipeline.embed.config import EmbedConfig
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        data = suite.prepare_data(work / "data-demo", rows, "preview")
+        config = EmbedConfig(data_dir=str(data), text_model=str(_text_model(text_model)),
+                             clip_model=str(Path(demo_dir) / "clip"), cache_dir=str(work / "cache-demo"),
+                             splits=("train",), batch_size=64, num_workers=-1, device="cpu",
+                             part_rows=max(rows // 4, 64))
+        embed_seconds = suite.time_embed(config)
+        suite.bench_predict(work, "demo", 64, -1, "cpu", rows / embed_seconds)
+        results = []
+        for _ in range(repeats):
+            results.append(bench_serve(work, "demo"))
+            log(results[-1])
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="the serve figure of `make bench` alone (demo configuration)")
+    parser.add_argument("--repeats", type=int, default=3, help="serve figures on the same embedded rows")
+    parser.add_argument("--rows", type=int, default=400, help="rows, as bench's --rows-demo")
+    parser.add_argument("--demo-dir", default="data/demo", help="the demo data (make demo-data)")
+    options = parser.parse_args()
+    serve_alone(options.repeats, options.rows, options.demo_dir)

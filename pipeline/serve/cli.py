@@ -54,9 +54,13 @@ def run(args):
 
 
 def bind(host, port):
-    """A listening socket on host:port (port 0: a free one), so the address printed is the real one."""
+    """A listening socket on host:port (port 0: a free one), so the address printed is the real one.
+
+    Made with proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says
+    TCP, and without it each answer's body waited for the client's delayed ACK of its headers (about 40 ms
+    per request on Linux; GET /healthz took 45 ms)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
