@@ -224,7 +224,16 @@ def test_finetune_e2e_trains_a_three_way_head_and_keeps_the_names(tiny_bert, tin
     confusion = np.array(test["confusion"])
     assert confusion.shape == (3, 3) and confusion.sum() == test["rows"] == len(predictions)
     assert test["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
-    assert list(test["per_class"]) == ["a", "b", "c"]
+    assert set(test["per_class"]) == {"a", "b", "c"}
+    # The run folder is stage two's own: run.json names the column, and predict gives the run's probabilities.
+    record = json.loads((out / "run.json").read_text())
+    assert record["label_column"] == "3_way_label" and record["class_names"] == ["a", "b", "c"]
+    assert record["threshold"] is None  # K > 2: the argmax decides
+    assert main(["predict", "--run", str(out), "--input", str(data / "test.tsv"), "--out", str(tmp_path / "p.csv"),
+                 "--image-root", str(data), "--device", "cpu", "--num-workers", "0"]) == 0
+    again = pd.read_csv(tmp_path / "p.csv", dtype={"id": str})
+    assert list(again["id"]) == list(predictions["id"]) and list(again["label"]) == list(predictions["label"])
+    np.testing.assert_allclose(again[["prob_a", "prob_b", "prob_c"]].to_numpy(), probs, atol=1e-5)
 
 
 def test_finetune_e2e_refuses_weights_of_another_count(tiny_bert, tiny_clip, tmp_path, capsys):
@@ -233,7 +242,7 @@ def test_finetune_e2e_refuses_weights_of_another_count(tiny_bert, tiny_clip, tmp
     assert main(["finetune-e2e", "--data-dir", str(data), "--text-model", str(tiny_bert), "--clip-model",
                  str(tiny_clip), "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"),
                  "--label-column", "3_way_label", "--class-weights", "1,2", "--no-report"]) == 2
-    assert "not a weighting for 3 classes" in capsys.readouterr().err
+    assert "gives 2 numbers for 3 classes" in capsys.readouterr().err
 
 
 def test_a_rebuild_replaces_the_label_sets_with_its_own(embed_args, labelled):
