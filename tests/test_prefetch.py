@@ -2,6 +2,7 @@
 where they happened, nothing left running after the loop, and the main thread's torch threads left alone; stage
 one with it writes the cache a loop without it writes, byte for byte."""
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -79,6 +80,20 @@ def test_the_thread_runs_torch_on_its_own_threads_and_the_main_threads_count_sta
     worker.start()
     worker.join()
     assert new_thread == [before]  # the default is restored for threads started later
+
+
+def test_the_thread_runs_niced_and_the_main_thread_keeps_its_priority():
+    main_thread = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    inside = []
+
+    class Probe:
+        def __iter__(self):
+            inside.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            yield 0
+
+    list(BackgroundBatches(Probe(), nice=5))
+    assert inside == [min(main_thread + 5, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_thread
 
 
 def test_stage_one_writes_the_same_cache_with_and_without_the_prefetching_thread(embed_args, tmp_path, monkeypatch):

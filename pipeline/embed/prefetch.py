@@ -13,6 +13,15 @@ import threading
 import torch
 
 DEPTH = 2  # batches decoded ahead: one ready, one in the making (bounded memory)
+# The thread's niceness above the process's. On a quiet 2-core machine the encoders' two OpenMP threads keep both
+# cores busy, and a decoder competing as an equal stalls them at every barrier: one DataLoader worker (a process
+# of equal priority) measured 0.509 of the forward-only rate against 0.528 decoding in series (docs/benchmarks.md,
+# "A quiet fresh-clone run"). Niced, the thread takes the cores when the encoders leave them (serial stretches,
+# threads asleep between operations) and all of one when the main thread waits for it, so it is meant to cost
+# at most what decoding in series cost while the encoders keep their cores. Chosen by that reasoning and that one
+# quiet measurement; this shared machine could not rank the variants (docs/benchmarks.md, "Decoding ahead").
+# Threads this one starts inherit it (none of ours; a tokenizer's pool if first used here).
+NICE = 10
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
@@ -22,7 +31,7 @@ class BackgroundBatches:
     worker has: the forward pass keeps its threads). An error in the thread is raised here, at the batch where
     it happened; leaving the loop early (an error, Ctrl-C) stops the thread before returning."""
 
-    def __init__(self, batches, depth=DEPTH, torch_threads=1, nice=0):
+    def __init__(self, batches, depth=DEPTH, torch_threads=1, nice=NICE):
         self.batches = batches
         self.depth = depth
         self.torch_threads = torch_threads
@@ -54,8 +63,7 @@ class BackgroundBatches:
         # thread that has (the main one) keeps its own. Restored on the way out for any later thread.
         before = torch.get_num_threads()
         torch.set_num_threads(self.torch_threads)
-        if self.nice:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+        _lower_priority(self.nice)
         try:
             for batch in self.batches:
                 if not _put(ready, stop, (_ITEM, batch)):
@@ -65,6 +73,16 @@ class BackgroundBatches:
             _put(ready, stop, (_ERROR, error))
         finally:
             torch.set_num_threads(before)
+
+
+def _lower_priority(nice):
+    """Raise this thread's niceness by `nice` (Linux: a thread id is a PRIO_PROCESS target; raising it needs no
+    privilege). Best effort: where it cannot be set the thread runs at the process's priority."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + nice, 19))
+    except (OSError, AttributeError):
+        pass
 
 
 def _put(ready, stop, item):
