@@ -41,3 +41,20 @@ def test_stage_one_end_to_end_and_bench_prepare_equal_tensors(tiny_bert, tiny_cl
         assert inputs.keys() == reference.keys(), name
         for key, tensor in reference.items():
             assert torch.equal(inputs[key], tensor), f"{name}: {key} differs"
+
+
+def test_pixel_values_are_the_out_of_place_formula_bit_for_bit():
+    """Normalising in place (for speed) must give what `(x / 255 - mean) / std` gave every cache before it,
+    in the same memory layout (the image encoder's kernels may depend on it), and leave its input alone."""
+    settings = ImageSettings(size=32)
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8))
+    before = pixels.clone()
+    mean = torch.tensor(settings.mean).view(1, 3, 1, 1)
+    std = torch.tensor(settings.std).view(1, 3, 1, 1)
+    expected = (pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - mean) / std
+    ours = pixel_values(pixels, settings)
+    assert torch.equal(ours, expected) and ours.stride() == expected.stride()
+    assert torch.equal(pixels, before)
+    floats = pixels.to(torch.float32)  # already the target type: `.to` alone would hand back the input itself
+    pixel_values(floats, settings)
+    assert torch.equal(floats, before.to(torch.float32))

@@ -31,16 +31,30 @@ def torchrun(args, processes=2, **kwargs):
 def kill_everything_running(marker):
     """SIGKILL torchrun and its workers (they run in sessions of their own): every process whose
     command line names `marker`, as a crashed node would leave them."""
+    killed = set()
     for _ in range(50):
         pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, marker)]
         if not pids:
-            return
+            break
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
+    # A dying process loses its command line (its memory) before its files: until it is gone or a zombie it
+    # may still hold the cache's lock, and a rerun started at once would be told another run is writing.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_still_exiting(pid) for pid in killed):
+        time.sleep(0.02)
+
+
+def _still_exiting(pid):
+    try:
+        return "\nState:\tZ" not in (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False  # gone
 
 
 def _cmdline_has(proc, marker):

@@ -158,3 +158,43 @@ def test_distances_are_the_same_without_numpy_2s_bitwise_count(monkeypatch):
     expected = distances(hashes, hashes)
     monkeypatch.delattr(np, "bitwise_count", raising=False)  # NumPy 1, which pandas and torch still allow
     assert np.array_equal(distances(hashes, hashes), expected) and expected[0, 0] == 0
+
+
+def _float32_route_hash(pixels):
+    """The hash as every cache before the integer sums stored it (float32 cell sums, a float64 mean colour):
+    a frozen copy, so a faster `perceptual_hash` can be checked to give the same three words."""
+    pixels = np.asarray(pixels)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    height, width = pixels.shape[:2]
+    if height < 9 or width < 9:
+        pixels = np.repeat(np.repeat(pixels, -(-9 // height), axis=0), -(-9 // width), axis=1)
+        height, width = pixels.shape[:2]
+
+    def means(rows, columns):
+        top, left = np.linspace(0, height, rows + 1).astype(int), np.linspace(0, width, columns + 1).astype(int)
+        sums = np.add.reduceat(np.add.reduceat(pixels.astype(np.float32), top[:-1], axis=0), left[:-1], axis=1)
+        cells = sums / np.outer(np.diff(top), np.diff(left))[..., None]
+        return cells[..., :3] @ np.array([0.299, 0.587, 0.114]) if cells.shape[2] >= 3 else cells[..., 0]
+
+    wide, tall = means(8, 9), means(9, 8)
+    if wide.std() < 2.0:
+        return NONE
+    channels = np.clip(np.rint(pixels.reshape(-1, pixels.shape[2]).mean(axis=0)), 0, 255).astype(int).tolist()
+    red, green, blue = channels * 3 if len(channels) == 1 else channels[:3]
+    pack = lambda bits: int(np.packbits(bits.ravel()).view(">u8")[0])  # noqa: E731
+    return pack(wide[:, :-1] > wide[:, 1:]), pack(tall[:-1, :] > tall[1:, :]), (red << 16) | (green << 8) | blue
+
+
+@pytest.mark.parametrize("shape", [(224, 224, 3), (224, 224), (256, 256, 3), (9, 9, 3), (1, 1, 3), (3, 500, 3),
+                                   (500, 3, 3), (17, 1000, 3), (301, 300, 1), (225, 224, 4), (4000, 4100, 3)])
+def test_the_hash_is_the_float32_routes_bit_for_bit(shape):
+    """Integer sums replaced float32 ones for speed; every stored hash must stay what it was, on noise (every
+    bit counts), on smooth pictures and gradients, and past 2^24 per cell (4000 x 4100: the float32 route)."""
+    rng = np.random.default_rng(sum(shape))
+    smooth = np.asarray(_photo(len(shape), size=(shape[1], shape[0])))
+    smooth = smooth[..., 0] if len(shape) == 2 else np.dstack([smooth] * 2)[..., :shape[2]]
+    ramp = np.broadcast_to(np.linspace(0, 255, shape[1]).astype(np.uint8)[:, None], shape[1::-1]).T
+    ramp = ramp if len(shape) == 2 else np.repeat(ramp[..., None], shape[2], axis=2)
+    for pixels in (rng.integers(0, 256, shape, dtype=np.uint8), smooth, ramp, np.full(shape, 255, np.uint8)):
+        assert perceptual_hash(pixels) == _float32_route_hash(pixels)
+    assert perceptual_hash(smooth) != NONE or min(shape[:2]) < 9

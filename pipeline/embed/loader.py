@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, load_image_and_sha256
 from pipeline.data.phash import perceptual_hash
+from pipeline.embed.prefetch import BackgroundBatches
 from pipeline.model.batch import tokenize_titles
 
 
@@ -123,8 +124,11 @@ def plan_batches(rows_per_part, texts, batch_size):
 
 
 def make_loader(dataset, collate, batches, num_workers, pin_memory):
-    return DataLoader(
+    """Batches from `num_workers` worker processes; with none, from a thread of the main process that decodes
+    the next batches while the encoders run (prefetch.py), never in series with them."""
+    loader = DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+    return loader if num_workers > 0 else BackgroundBatches(loader)

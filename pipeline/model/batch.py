@@ -22,10 +22,12 @@ def tokenize_titles(tokenizer, titles, max_length):
 
 def pixel_values(pixels_uint8, settings, dtype=torch.float32):
     """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch."""
-    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype) / 255.0
+    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype, copy=True)  # our own copy: the steps below are in place
     mean = torch.tensor(settings.mean, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(settings.std, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    # In place: the same three operations as (x / 255 - mean) / std, so the same values bit for bit, in one
+    # buffer instead of four (a batch of 64 is 38 MB of float32; the new buffers cost 3x the arithmetic on CPU).
+    return pixels.div_(255.0).sub_(mean).div_(std)
 
 
 def prepare_batch(tokenizer, titles, pixels_uint8, max_length, settings):
