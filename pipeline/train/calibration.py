@@ -49,18 +49,25 @@ def brier_score(labels, prob_real):
 def fit_temperature(margins, labels):
     """The T > 0 that minimises the NLL of sigmoid(margin / T) on these (validation) rows.
 
-    `margins` are logit_real - logit_fake. Optimised as log T (so T stays positive) with LBFGS.
+    `margins` are logit_real - logit_fake.
     """
     import torch  # here: this module is imported by code that must not load torch
 
     margin = torch.as_tensor(np.asarray(margins, dtype=np.float64))
     target = torch.as_tensor(np.asarray(labels, dtype=np.float64))
+    return _fitted_temperature(lambda t: torch.nn.functional.binary_cross_entropy_with_logits(margin / t, target))
+
+
+def _fitted_temperature(loss_at):
+    """The T that minimises `loss_at(T)`, optimised as log T (so T stays positive) with LBFGS, clamped."""
+    import torch
+
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(margin / log_t.exp(), target)
+        loss = loss_at(log_t.exp())
         loss.backward()
         return loss
 
@@ -101,17 +108,7 @@ def fit_temperature_logits(logits, labels):
 
     values = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(values / log_t.exp(), target)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(*_CLAMPS))
+    return _fitted_temperature(lambda t: torch.nn.functional.cross_entropy(values / t, target))
 
 
 def fit_usable_temperature_logits(logits, labels):
