@@ -16,12 +16,11 @@ every class's evidence, so fusion beats either alone) or of the text scores alon
 binary data (K = 2) is drawn exactly as before: the benchmarks' and the demo's figures hold.
 """
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.embed import cache as cache_module
+from pipeline.data.classes import DEFAULT_LABEL_COLUMN, default_class_names
 from pipeline.embed.cache import FINGERPRINT_NAME, CachedSplit, finalize, part_path, write_part
 from pipeline.files import write_json_atomic
 
@@ -97,8 +96,11 @@ def _embed(rng, score, dim, strength):
 
 
 def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint="in-memory", class_names=None):
-    """Write in-memory `CachedSplit`s as a complete cache, as stage one would leave it; `class_names` (K > 2
-    names in label order) go into the manifest's `classes` and class counts."""
+    """Write in-memory `CachedSplit`s as a complete cache, as stage one would leave it; `class_names` (in label
+    order; default fake, real for two classes, else class_0 ...) go into the manifest's `classes` and counts."""
+    if class_names is None:
+        count = max([2, *(int(data.labels.max()) + 1 for data in splits.values() if len(data))])
+        class_names = default_class_names(DEFAULT_LABEL_COLUMN, count)
     dims = None
     for split, data in splits.items():
         dims = {"text": data.text_emb.shape[1], "image": data.image_emb.shape[1]}
@@ -114,21 +116,5 @@ def write_cache(cache_dir, splits, part_rows=8192, dtype="float32", fingerprint=
                        has_text=data.has_text[rows], has_image=data.has_image[rows], partial=partial,
                        image_sha256=digests, image_phash=phashes)
     write_json_atomic(Path(cache_dir) / FINGERPRINT_NAME, {"fingerprint": fingerprint})
-    with _classes(class_names):
-        return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint,
-                        inputs={}, dims=dims, config={"cache_dtype": dtype})
-
-
-@contextlib.contextmanager
-def _classes(class_names):
-    """finalize names the classes from embed's CLASS_NAMES (fake, real) until embed writes label sets of any K
-    (issue 21, the labels work); meanwhile K-class synthetic caches set them for the one call."""
-    if class_names is None:
-        yield
-        return
-    binary = cache_module.CLASS_NAMES
-    cache_module.CLASS_NAMES = tuple(class_names)
-    try:
-        yield
-    finally:
-        cache_module.CLASS_NAMES = binary
+    return finalize(cache_dir, {s: len(d) for s, d in splits.items()}, fingerprint, inputs={}, dims=dims,
+                    config={"cache_dtype": dtype}, class_names=class_names)

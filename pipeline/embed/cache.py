@@ -301,7 +301,8 @@ def _matrix(column, dim, path, name):
     return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
 
 
-def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=(), label_set=None):
+def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=None, features=(), label_set=None,
+             class_names=CLASS_NAMES):
     """Write skipped.tsv and, last, the manifest that marks the cache complete.
 
     `splits` maps split name -> number of input rows read. Checks that every
@@ -315,10 +316,11 @@ def finalize(cache_dir, splits, fingerprint, inputs, dims, config, split_notes=N
     the parts' summed counts, and whatever `split_notes[split]` adds. `features` names the parts' extra
     feature columns (similarity), recorded as the manifest's `features` when there are any. `label_set` =
     (SplitRows by split, label column, class names) writes that label set (embed/labels.py), whose counts then
-    replace the parts'.
+    replace the parts'. `class_names` name the labels the parts themselves hold (a cache written without label
+    sets, as the synthetic caches of bench/synthetic.py are).
     """
     cache_dir = Path(cache_dir)
-    classes = {str(label): name for label, name in enumerate(CLASS_NAMES)}
+    classes = {str(label): name for label, name in enumerate(class_names)}
     manifest_splits, skipped_rows, partial_rows = {}, [], []
     for split, rows_read in splits.items():
         parts, embedded, reasons, counts, unlabelled = [], 0, {}, {}, 0
