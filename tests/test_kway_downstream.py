@@ -111,6 +111,8 @@ def test_compare_and_report_read_six_class_runs(six, tmp_path):
     page = (out / "compare.html").read_text()
     assert "f1_weighted" in page and "f1_fake" not in page
     assert set(table["metric"]) == {"accuracy", "f1_macro", "f1_weighted"} and (table["rows"] == 12).all()
+    assert main(["compare", str(six["run"]), str(six["text_run"]), "--out", str(tmp_path / "tuned"),
+                 "--threshold", "tuned"]) == 2  # K > 2 decides by the argmax: a threshold would be ignored
     assert main(["report", str(six["run"]), "--out", str(tmp_path / "page.html")]) == 0
     page = (tmp_path / "page.html").read_text()
     assert all(name in page for name in SIX)

@@ -80,8 +80,12 @@ def _check_labels_agree(runs, rows, reference):
 
 def thresholds(runs, which):
     """{run name: decision threshold}: each run's own (`run`, the one its predictions files decide at), 0.5 for
-    every run, or with `tuned` each run's val-tuned threshold."""
-    if runs[0].prob_real.ndim == 2:  # K > 2 classes: the argmax decides, whatever --threshold says
+    every run, or with `tuned` each run's val-tuned threshold. Runs of K > 2 classes decide by the argmax:
+    None each, and any --threshold but `run` is refused (it would be ignored)."""
+    if runs[0].prob_real.ndim == 2:
+        if which != "run":
+            raise UserError(f"--threshold {which}: the runs have {len(runs[0].class_names)} classes and decide by "
+                            "the highest probability; a threshold applies to two-class runs only; leave it out")
         return {run.name: None for run in runs}
     if which == "run":
         return {run.name: float(run.decision_threshold) for run in runs}
