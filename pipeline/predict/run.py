@@ -32,16 +32,7 @@ SPLIT = "posts"  # the name of the input's parts in the cache folder (and of ids
 TEXT_ONLY_REASON = "text_only_requested"  # the reason of a half-post whose image --text-only left unread
 
 
-def probability_columns(class_names):
-    """The output's probability columns: `prob_<name>` per class, and for two classes `prob_real` (the
-    second class's probability, the column every binary output has had) in front."""
-    columns = [f"prob_{name}" for name in class_names]
-    if len(class_names) == 2:
-        columns = ["prob_real"] + [c for c in columns if c != "prob_real"]
-    return columns
-
-
-def decide(probs, threshold):
+def predicted_classes(probs, threshold):
     """(N,) predicted class of (N, K) probabilities: two classes at `threshold` on the second's, else the
     argmax (K > 2 has no threshold)."""
     if probs.shape[1] == 2:
@@ -56,17 +47,15 @@ def results_frame(ids, probs, status, threshold, class_names, labels=None, reaso
     pred_name, status, reason[, label, correct]."""
     probs = np.asarray(probs, dtype=np.float64).reshape(len(status), len(class_names))
     scored = ~np.isnan(probs).any(axis=1)
-    pred = pd.array(np.where(scored, decide(np.nan_to_num(probs), threshold), 0), dtype="Int64")
+    pred = pd.array(np.where(scored, predicted_classes(np.nan_to_num(probs), threshold), 0), dtype="Int64")
     pred[~scored] = pd.NA
-    by_name = {f"prob_{name}": probs[:, k] for k, name in enumerate(class_names)}
-    if len(class_names) == 2:
-        by_name["prob_real"] = probs[:, 1]
-    columns = probability_columns(class_names)
-    front, back = (columns[:1], columns[1:]) if len(class_names) == 2 else (columns, [])
-    frame = pd.DataFrame({"id": pd.array(list(ids), dtype=object), **{c: by_name[c] for c in front}, "pred": pred,
+    named = {f"prob_{name}": probs[:, k] for k, name in enumerate(class_names)}
+    # Two classes: prob_real (the second class's) keeps its place in front, the other prob_<name> come last.
+    front = {"prob_real": probs[:, 1]} if len(class_names) == 2 else named
+    back = {column: values for column, values in named.items() if column not in front}
+    frame = pd.DataFrame({"id": pd.array(list(ids), dtype=object), **front, "pred": pred,
                           "pred_name": [class_names[p] if ok else "" for p, ok in zip(pred.fillna(0), scored)],
-                          "status": list(status), "reason": list(reasons or [""] * len(status)),
-                          **{c: by_name[c] for c in back}})
+                          "status": list(status), "reason": list(reasons or [""] * len(status)), **back})
     if labels is not None:
         frame["label"] = pd.array(np.asarray(labels, dtype=np.int64), dtype="Int64")
         correct = pd.array((frame["pred"].fillna(-1) == frame["label"]).astype(np.int64), dtype="Int64")
