@@ -52,7 +52,7 @@ def parse_class_names(text, num_classes=None):
 
 def class_names_of(manifest):
     """The class names a cache manifest was built with, in label order ({"0": "fake", "1": "real"} -> tuple)."""
-    classes = manifest.get("classes") or {str(i): name for i, name in enumerate(BINARY_CLASS_NAMES)}
+    classes = manifest.get("classes") or classes_record(BINARY_CLASS_NAMES)
     return tuple(classes[str(i)] for i in range(len(classes)))
 
 
