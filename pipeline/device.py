@@ -43,3 +43,14 @@ def decode_workers(requested, device):
     if device.type == "cuda":
         return max(1, min(cores - 1, 16))
     return cores // 4
+
+
+def pin_torch_threads(count):
+    """Give the calling thread `count` torch intra-op threads, for good.
+
+    torch.set_num_threads in a thread that has not asked for its count yet only sets the default, which
+    the next set, by any thread, replaces; reading the count back fixes it for this thread. (A serve model
+    thread with 2 threads ran on 1 after its decoding threads asked for 1 each, and scored at half speed.)
+    """
+    torch.set_num_threads(count)
+    torch.get_num_threads()

@@ -1,9 +1,10 @@
 """Micro-batching: posts of concurrent requests are scored together, so that throughput under load
-approaches offline `predict`'s, while a lone request waits at most `max_wait_ms` for company.
+approaches offline `predict`'s, while a lone request waits at most `max_wait_ms` for company, and not
+at all when no other request is under way.
 
 One worker task owns the model: it takes the first waiting request, gathers others until the batch
-holds `max_batch` posts or `max_wait_ms` have passed, and runs the Classifier in one thread (the
-model is never called from two threads at once). A batch that raises is retried one request at a
+holds `max_batch` posts or `max_wait_ms` have passed, and runs `predict` (decoding and scoring) in one
+thread (the model is never called from two threads at once). A batch that raises is retried one request at a
 time, so a post that breaks the model fails only its own request.
 """
 
@@ -11,6 +12,8 @@ import asyncio
 import concurrent.futures
 import logging
 from dataclasses import dataclass, field
+
+from pipeline.device import pin_torch_threads
 
 log = logging.getLogger("pipeline.serve")
 
@@ -24,14 +27,17 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, predict, max_batch, max_wait_ms):
-        """`predict(titles, images, ids)` -> a list of result dicts, one per post, in order."""
+    def __init__(self, predict, max_batch, max_wait_ms, model_threads=None):
+        """`predict(titles, images, ids)` -> a list of result dicts, one per post, in order. `model_threads`: the
+        model thread's torch threads, pinned (`pin_torch_threads`)."""
         self.predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue = None
         self.worker = None
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        setup = {} if model_threads is None else {"initializer": pin_torch_threads, "initargs": (model_threads,)}
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model", **setup)
+        self.under_way = None  # () -> requests the server is answering (set by the app); None: always wait
         self.carried = None  # a job that did not fit the last batch: first in the next
         self.batches = 0  # batches scored (the tests read it to see requests were batched)
 
@@ -66,7 +72,7 @@ class Batcher:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
+                if left <= 0 or not self._company_coming(len(jobs)):
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), left)
@@ -78,6 +84,11 @@ class Batcher:
             jobs.append(job)
             rows += len(job.titles)
         return jobs
+
+    def _company_coming(self, in_hand):
+        """Whether waiting can bring more posts: the server has requests under way besides the `in_hand` ones
+        (being read, or queued). A lone client's post is scored at once instead of waiting for nobody."""
+        return self.under_way is None or self.under_way() > in_hand
 
     async def _score(self, jobs):
         if not jobs:
