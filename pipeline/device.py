@@ -34,8 +34,8 @@ def decode_workers(requested, device):
     the CPU the model itself needs the cores: measured on 2 cores with BERT-base
     + ViT-B/32, two decoding workers cut stage one's throughput by about 10%
     against decoding in the main process, so the CPU gets a quarter of the cores.
-    With none (fewer than 4 cores), stage one decodes in a thread of the main process
-    that keeps the next batches ready while the encoders run (embed/prefetch.py).
+    With none (fewer than 4 cores), stage one decodes each batch on every core of the main
+    process, in turn with the encoders (embed/in_turn.py).
     """
     if requested >= 0:
         return requested

@@ -50,7 +50,7 @@ def batch(rows, no_image=(), bad=()):
                     text={"input_ids": ids, "attention_mask": torch.ones_like(ids)}, titled=list(range(len(kept))))
 
 
-def encode_from_inputs(model, text_inputs, pixels, settings):
+def encode_from_inputs(model, text_inputs, pixels, settings, scratch=None):
     """Vectors that depend on each row's inputs, so a mix-up of rows or batches would show."""
     text = text_inputs["input_ids"].float().repeat(1, 2)  # (B, 4)
     image = pixels.float().mean(dim=(1, 2)) if pixels is not None else None  # (B, 3)
@@ -81,7 +81,7 @@ def test_lagged_results_are_the_rows_and_vectors_of_the_batch_by_batch_loop(lag)
 def test_results_come_back_lag_batches_behind():
     parts, launched = RecordingParts(), []
 
-    def counting(model, text_inputs, pixels, settings):
+    def counting(model, text_inputs, pixels, settings, scratch=None):
         launched.append(len(parts.added))  # batches brought back when this one is launched
         return encode_from_inputs(model, text_inputs, pixels, settings)
 
@@ -94,7 +94,7 @@ def test_results_come_back_lag_batches_behind():
 def test_a_nan_vector_stops_the_run_before_its_rows_are_handed_on():
     parts = RecordingParts()
 
-    def nan_in_second_batch(model, text_inputs, pixels, settings):
+    def nan_in_second_batch(model, text_inputs, pixels, settings, scratch=None):
         text, image = encode_from_inputs(model, text_inputs, pixels, settings)
         if 4 in text_inputs["input_ids"][:, 0] - 1:
             image[0] = float("nan")

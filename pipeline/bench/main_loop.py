@@ -73,7 +73,7 @@ def _run(batches, split, job, settings, device, cache_dir, close=True):
     return parts
 
 
-def _stand_in(model, text_inputs, pixels, image_settings):
+def _stand_in(model, text_inputs, pixels, image_settings, scratch=None):
     """Encoders that cost nothing: zero vectors of the real shapes on the batch's device."""
     text = torch.zeros(len(text_inputs["input_ids"]), DIMS["text"], device=pixels.device) if text_inputs else None
     image = torch.zeros(len(pixels), DIMS["image"], device=pixels.device) if pixels is not None else None

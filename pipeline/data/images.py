@@ -119,7 +119,7 @@ def checked_file(root, relative):
 
 
 def load_image(root, relative, settings):
-    return _decode(_read(root, relative), relative, settings)
+    return decode_image_bytes(_read(root, relative), settings, relative)
 
 
 def load_image_and_sha256(root, relative, settings):
@@ -130,7 +130,7 @@ def load_image_and_sha256(root, relative, settings):
     Only stage one needs the hash; the other callers use `load_image` and skip it.
     """
     data = _read(root, relative)
-    return _decode(data, relative, settings), hashlib.sha256(data).hexdigest()
+    return decode_image_bytes(data, settings, relative), hashlib.sha256(data).hexdigest()
 
 
 def _read(root, relative):
@@ -181,7 +181,9 @@ def _read_all(fd, size):
             raise OSError(f"grew over {MAX_FILE_BYTES >> 20} MB while read")
 
 
-def _decode(data, relative, settings):
+def decode_image_bytes(data, settings, name="image"):
+    """An image file's bytes -> (S, S, 3) uint8 as `load_image` gives for that file, or `BadImage` (`name` goes
+    into its detail): the one decoder of stage one, predict and serve."""
     pixels = fast_jpeg.decode(data, settings)  # None unless simplejpeg is installed and the JPEG is plain
     if pixels is not None:
         return fit(pixels, settings)
@@ -189,15 +191,15 @@ def _decode(data, relative, settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return image_pixels(image, settings, name=relative)
+                return image_pixels(image, settings, name=name)
     except BadImage:
         raise
     except Image.DecompressionBombError as error:
         raise BadImage("too_many_pixels", str(error)) from None
     except Image.UnidentifiedImageError:
-        raise BadImage("not_an_image", str(relative)) from None
+        raise BadImage("not_an_image", str(name)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise BadImage("truncated_or_corrupt", f"{relative}: {error}") from None
+        raise BadImage("truncated_or_corrupt", f"{name}: {error}") from None
 
 
 def image_pixels(image, settings, name="image"):

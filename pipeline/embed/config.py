@@ -44,8 +44,8 @@ class EmbedConfig:
         "weights, else pooled)", default="auto", aliases=("--image-embedding",))
     device: str = help_field("auto, cpu, cuda or cuda:N", default="auto")
     batch_size: int = help_field("rows per forward pass", default=64)
-    num_workers: int = help_field("DataLoader worker processes for image decoding (0 = in a thread of the main "
-                                  "process, ahead of the encoders; -1 = auto: on CUDA all cores but one, on CPU a "
+    num_workers: int = help_field("DataLoader worker processes for image decoding (0 = on every core of the main "
+                                  "process, in turn with the encoders; -1 = auto: on CUDA all cores but one, on CPU a "
                                   "quarter of the cores)", default=-1)
     on_bad_image: str = help_field(f"what a row with a missing or bad image does: {', '.join(BAD_IMAGE_POLICIES)} "
                                    "(text-only: kept with its title alone, listed in partial.tsv)", default="skip")

@@ -1,4 +1,5 @@
-"""Feeding stage one: image decoding and tokenising in DataLoader workers.
+"""Feeding stage one: image decoding and tokenising, in DataLoader workers or, with none, on every core
+in turn with the encoders (in_turn.py).
 
 Batches never cross a part boundary (a part is a fixed range of input rows), and
 within a part rows are ordered by title length so dynamic padding pads little.
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, load_image_and_sha256
 from pipeline.data.phash import perceptual_hash
-from pipeline.embed.prefetch import BackgroundBatches
+from pipeline.embed.in_turn import DecodedInTurn
 from pipeline.model.batch import tokenize_titles
 
 
@@ -40,7 +41,8 @@ class RowBatch:
 
 
 class ImageRows(Dataset):
-    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None, image SHA-256 or None).
+    """Row index -> (row, (S, S, 3) uint8 pixels or None, skip reason or None, image SHA-256 or None,
+    `phash.perceptual_hash` of the pixels or None): all the per-image work, where the decoding runs.
 
     `no_image` maps rows whose image is known to be unusable (a placeholder kept text-only) to the reason;
     they are not decoded.
@@ -57,12 +59,12 @@ class ImageRows(Dataset):
 
     def __getitem__(self, row):
         if row in self.no_image:
-            return row, None, self.no_image[row], None
+            return row, None, self.no_image[row], None, None
         try:
             pixels, digest = load_image_and_sha256(self.image_root, self.image_paths[row], self.settings)
-            return row, pixels, None, digest
         except BadImage as error:
-            return row, None, error.reason, None
+            return row, None, error.reason, None, None
+        return row, pixels, None, digest, perceptual_hash(pixels)
 
 
 class Collate:
@@ -84,9 +86,9 @@ class Collate:
         self.image_only = image_only
 
     def __call__(self, items):
-        rows = [row for row, _, _, _ in items]
+        rows = [item[0] for item in items]
         good, titled, bad, missing = [], [], [], {}
-        for i, (row, pixels, reason, _) in enumerate(items):
+        for i, (row, pixels, reason, _, _) in enumerate(items):
             survivor = surviving_half(bool(self.texts[row]), None if pixels is not None else reason,
                                       self.text_only or row in self.no_image_rows, self.image_only)
             if not survivor.kept:
@@ -111,7 +113,7 @@ class Collate:
             pixels = torch.empty((0, self.size, self.size, 3), dtype=torch.uint8)
         return RowBatch(rows=rows, good=good, bad=bad, pixels=pixels, text=text, truncated=truncated,
                         titled=titled, missing=missing, sha256={items[i][0]: items[i][3] for i in good},
-                        phash={items[i][0]: perceptual_hash(items[i][1]) for i in good})  # in the worker
+                        phash={items[i][0]: items[i][4] for i in good})
 
 
 def plan_batches(rows_per_part, texts, batch_size):
@@ -124,11 +126,11 @@ def plan_batches(rows_per_part, texts, batch_size):
 
 
 def make_loader(dataset, collate, batches, num_workers, pin_memory):
-    """Batches from `num_workers` worker processes; with none, from a thread of the main process that decodes
-    the next batches while the encoders run (prefetch.py), never in series with them."""
-    loader = DataLoader(
+    """Batches from `num_workers` worker processes; with none, decoded on every core in turn with the
+    encoders (in_turn.py)."""
+    if num_workers == 0:
+        return DecodedInTurn(dataset, collate, batches)
+    return DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
+        pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4,
     )
-    return loader if num_workers > 0 else BackgroundBatches(loader)

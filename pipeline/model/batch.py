@@ -20,9 +20,11 @@ def tokenize_titles(tokenizer, titles, max_length):
                           return_tensors="pt"))
 
 
-def pixel_values(pixels_uint8, settings, dtype=torch.float32):
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch."""
-    pixels = pixels_uint8.permute(0, 3, 1, 2).to(dtype, copy=True)  # our own copy: the steps below are in place
+def pixel_values(pixels_uint8, settings, dtype=torch.float32, out=None):
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) normalised float, vectorised over the batch; written into `out` (a
+    (B, 3, S, S) tensor of `dtype` on the same device) when given, a new tensor otherwise."""
+    planes = pixels_uint8.permute(0, 3, 1, 2)
+    pixels = planes.to(dtype, copy=True) if out is None else out.copy_(planes)  # ours: the steps below are in place
     mean = torch.tensor(settings.mean, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(settings.std, dtype=dtype, device=pixels.device).view(1, 3, 1, 1)
     # In place: the same three operations as (x / 255 - mean) / std, so the same values bit for bit, in one

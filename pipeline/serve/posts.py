@@ -2,25 +2,22 @@
 
 Images arrive only as bytes (base64 in JSON, a file in a form); no path or URL
 from a request is ever opened. `decode_image` turns bytes into the model's
-pixels with stage one's own `image_pixels` (JPEG draft mode, the pixel cap,
-EXIF orientation, resize and crop), exactly as `predict` decodes the same
-file, and hands them on as an S x S image, which the Classifier's own
-`image_pixels` passes through unchanged. Decoding here rather than inside
-`Classifier.predict` lets it run in a pool beside the model. Bytes that fail
-become a stand-in image that raises stage one's reason, so the Classifier
-gives such a post the status `predict` gives the same file (and still scores
-its title when it can).
-"""
+pixels with stage one's own decoder (`decode_image_bytes`: simplejpeg or JPEG
+draft mode, the pixel cap, EXIF orientation, resize and crop), exactly as
+`predict` decodes the same file, and hands them on as an S x S image, which
+the Classifier's own `image_pixels` passes through unchanged. Decoding here
+rather than inside `Classifier.predict` lets a batch's images decode on one
+thread a core (app.py). Bytes that fail become a stand-in image that raises
+stage one's reason, so the Classifier gives such a post the status `predict`
+gives the same file (and still scores its title when it can)."""
 
 import base64
 import binascii
-import io
 import math
-import warnings
 
 from PIL import Image
 
-from pipeline.data.images import BadImage, image_pixels
+from pipeline.data.images import BadImage, decode_image_bytes
 from pipeline.data.splits import MAX_TITLE_CHARS
 
 
@@ -36,45 +33,21 @@ class UnreadableImage(Image.Image):
         raise self.error
 
 
-def open_image(data):
-    """Image bytes -> an opened, not yet decoded Pillow image (or an `UnreadableImage` saying why not);
-    None -> None (the post has no image: `no_image_path`, as an empty path in a TSV)."""
-    if data is None:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as error:
-        return UnreadableImage("too_many_pixels", str(error))
-    except Image.UnidentifiedImageError:
-        return UnreadableImage("not_an_image")
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        return UnreadableImage("truncated_or_corrupt", str(error))
-
-
 def decode_image(source, settings):
-    """A post's image (base64 text, form bytes or None) -> what `Classifier.predict` takes: None, the decoded
-    S x S pixels as a Pillow image, or an `UnreadableImage` with the reason."""
-    image = open_image(source) if isinstance(source, bytes) else image_from_base64(source)
-    if image is None or isinstance(image, UnreadableImage):
-        return image
+    """A post's image (base64 text, form bytes or None) -> what `Classifier.predict` takes: None (the post has
+    no image: `no_image_path`, as an empty path in a TSV), the decoded S x S pixels as a Pillow image, or an
+    `UnreadableImage` with the reason. Text that is not base64 is that post's `bad_base64`."""
+    if source is None:
+        return None
+    if not isinstance(source, bytes):
+        try:
+            source = base64.b64decode(source, validate=True)
+        except (binascii.Error, ValueError):
+            return UnreadableImage("bad_base64")
     try:
-        with image:
-            return Image.fromarray(image_pixels(image, settings))
+        return Image.fromarray(decode_image_bytes(source, settings))
     except BadImage as error:
         return UnreadableImage(error.reason, str(error))
-
-
-def image_from_base64(text):
-    """A JSON post's `image` field -> what `open_image` returns; text that is not base64 is that post's
-    `bad_base64`, never the request's failure."""
-    if text is None:
-        return None
-    try:
-        return open_image(base64.b64decode(text, validate=True))
-    except (binascii.Error, ValueError):
-        return UnreadableImage("bad_base64")
 
 
 def clean_title(title):
