@@ -20,10 +20,14 @@ def test_bench_writes_every_figure(tiny_bert, tiny_clip, dataset, tmp_path):
     results = json.loads((out / "results.json").read_text())
     demo = results["embed"]["demo"]
     assert demo["rows_per_s"] > 0 and demo["efficiency"] > 0 and demo["speedup_vs_naive"] > 0
+    assert len(demo["efficiency_rounds"]) == 3  # the ratio is of medians over alternating rounds
+    assert min(demo["efficiency_rounds"]) <= demo["efficiency"] * 1.001 and \
+        demo["efficiency"] <= max(demo["efficiency_rounds"]) * 1.001
     assert results["predict"]["demo"]["rows_per_s"] > 0 and results["predict"]["demo"]["vs_embed"] > 0
     serve = results["serve"]
     assert serve["rows_per_s"] > 0 and serve["vs_predict"] > 0 and 0 < serve["p50_ms"] <= serve["p99_ms"]
-    assert serve["matches_predict"] == 1.0  # every served answer is predict's
+    assert serve["matches_predict"] == 1.0  # every served answer is predict's, in every round
+    assert serve["rounds"] == len(serve["vs_predict_rounds"]) == 3
     assert results["decode"]["cosine_min"] > 0.99
     assert results["decode"]["max_level_diff"] <= 2  # our worker against the frozen reference loader
     assert set(results["decode"]["vs_reference"]) == {"preview", "photo"}

@@ -2,9 +2,11 @@
 posts with the same (loaded) models, and single-post latency on a quiet server.
 
   serve.rows_per_s    posts/s answered by a `serve` process under `clients` concurrent clients
-  serve.vs_predict    serve.rows_per_s / offline predict's rows/s on the same posts (models loaded in both)
+  serve.vs_predict    serve.rows_per_s / offline predict's rows/s on the same posts (models loaded in both;
+                      medians of 3 alternating rounds, each round's ratio in vs_predict_rounds)
   serve.p50_ms/p99_ms one post per request, one request at a time
-  serve.matches_predict share of the load test's answers with predict's status and probability (1e-5)
+  serve.matches_predict share of the load test's answers (every round's) with predict's status and
+                      probability (1e-5)
 
 The load generator is 16 client threads in this (the bench) process, each with one keep-alive connection
 (`Poster`); the server is its own process. On a 2-core machine the clients' CPU (0.2-0.3 core-ms a post,
@@ -31,8 +33,9 @@ from pathlib import Path
 SKIP_REASON = "the serve extra is not installed (pip install -e '.[serve]'), so serve was not measured"
 
 
-def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests=60):
-    """On the run and rows `bench_predict` made for configuration `name`; {"skipped": why} without the extra."""
+def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests=60, rounds=3):
+    """On the run and rows `bench_predict` made for configuration `name`; {"skipped": why} without the extra.
+    `rounds` alternating passes of offline predict and of the load test; the rates are their medians."""
     try:
         import fastapi  # noqa: F401 - only to know whether the server can start
     except ModuleNotFoundError:
@@ -50,12 +53,12 @@ def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests
               for key, title, path in zip(rows.ids, rows.texts, rows.image_paths)]
 
     classifier = Classifier.from_run(run, device=device, batch_size=embed["batch_size"])
-    started = time.perf_counter()
-    offline = classifier.predict_tsv(find_split_file(embed["data_dir"], "train"), image_root=root,
-                           num_workers=embed["num_workers"], part_rows=embed["part_rows"])
-    offline_rate = len(rows) / (time.perf_counter() - started)
-    offline = {key: (status, p) for key, status, p in zip(offline["id"], offline["status"], offline["prob_real"])}
-    del classifier
+
+    def offline_pass():
+        started = time.perf_counter()
+        frame = classifier.predict_tsv(find_split_file(embed["data_dir"], "train"), image_root=root,
+                                       num_workers=embed["num_workers"], part_rows=embed["part_rows"])
+        return len(rows) / (time.perf_counter() - started), frame
 
     with ServeProcess(run, "--device", device, "--max-concurrency", str(4 * clients)) as server, \
             closing(Poster(server.url)) as poster:
@@ -71,15 +74,22 @@ def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests
             with closing(Poster(server.url)) as own:
                 return [answer for body in work_items[index::clients] for answer in own.post(body)]
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            answers = [answer for part in pool.map(one_client, range(clients)) for answer in part]
-        served_rate = len(work_items) / (time.perf_counter() - started)
+        offline_rates, served_rates, answers = [], [], []
+        for _ in range(rounds):  # in turn (the server idles meanwhile), so a neighbour's burst falls on both
+            rate, offline = offline_pass()
+            offline_rates.append(rate)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                answers += [answer for part in pool.map(one_client, range(clients)) for answer in part]
+            served_rates.append(len(work_items) / (time.perf_counter() - started))
+    offline = {key: (status, p) for key, status, p in zip(offline["id"], offline["status"], offline["prob_real"])}
+    offline_rate, served_rate = statistics.median(offline_rates), statistics.median(served_rates)
     latencies.sort()
     same = sum(_same(answer, *offline[answer["id"]]) for answer in answers)
-    return {"rows": len(work_items), "clients": clients, "rows_per_s": round(served_rate, 1),
+    return {"rows": len(work_items), "clients": clients, "rounds": rounds, "rows_per_s": round(served_rate, 1),
             "predict_rows_per_s_models_loaded": round(offline_rate, 1),
             "vs_predict": round(served_rate / offline_rate, 3),
+            "vs_predict_rounds": [round(a / b, 3) for a, b in zip(served_rates, offline_rates)],
             "p50_ms": round(statistics.median(latencies), 1),
             "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
             "matches_predict": round(same / len(answers), 4)}

@@ -4,6 +4,7 @@ absolute figure stated with its machine.
 Keys of results.json (see the README's benchmark table):
   embed.<config>.rows_per_s          stage one end to end (read, decode, preprocess, encode, write)
   embed.<config>.efficiency          rows_per_s / the encoders' forward-only rows/s on the same batch shapes
+                                     (medians of 3 alternating rounds; efficiency_rounds: each round's ratio)
   embed.<config>.speedup_vs_naive    against the notebook's loop (per-row CLIPProcessor, max-length padding)
   embed.main_loop_ms_per_batch       the main loop's own time per batch of 256, encoders stood in (bench/main_loop.py)
   decode.speedup, decode.cosine_*    our loader vs plain Image.open + convert + Pillow resize on 2-4 MP photos
@@ -20,6 +21,7 @@ Keys of results.json (see the README's benchmark table):
 """
 
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -67,23 +69,31 @@ def time_embed(config):
     return time.perf_counter() - started
 
 
-def time_embed_loop(config):
-    """Stage one with the models already loaded: the rows/s that the efficiency ratio compares."""
-    from pipeline.embed.run import embed_split
-    from pipeline.embed.writer import PartJob
-
+def loaded_for_loop(config):
+    """(model, tokenizer, rows, settings) for `time_embed_loop`: the encoders loaded and warmed up once."""
     device = resolve_device(config.device)
     model, _ = build_encoders(config.text_model, config.clip_model, pooling=config.pooling)
     model.to(device).eval()
     tokenizer = load_tokenizer(config.text_model)
     rows = read_split(config.data_dir, "train")
     settings = ImageSettings.from_model_folder(config.clip_model)
-    Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
     warm_up(model, tokenizer, rows, config, settings, device)  # as forward_only_rows_per_s does
+    return model, tokenizer, rows, settings
+
+
+def time_embed_loop(config, loaded):
+    """Stage one with the models already loaded (`loaded_for_loop`): the rows/s that the efficiency ratio
+    compares, into a fresh `config.cache_dir`."""
+    from pipeline.embed.run import embed_split
+    from pipeline.embed.writer import PartJob
+
+    model, tokenizer, rows, settings = loaded
+    device = resolve_device(config.device)
+    Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     embedded = embed_split(model, tokenizer, rows, PartJob.from_config(config), settings, device)
     _sync(device)
-    return embedded / (time.perf_counter() - started), model, tokenizer, rows, settings
+    return embedded / (time.perf_counter() - started)
 
 
 def warm_up(model, tokenizer, rows, config, settings, device):
@@ -148,15 +158,23 @@ def naive_rows_per_s(model, config, rows):
     return len(rows) / (time.perf_counter() - started)
 
 
-def bench_embed(work, name, text_model, clip_model, rows, kind, batch_size, num_workers, device="cpu"):
+def bench_embed(work, name, text_model, clip_model, rows, kind, batch_size, num_workers, device="cpu", rounds=3):
+    """Stage one end to end, then `rounds` alternating runs of its loop (models loaded) and of the encoders
+    alone: `efficiency` is the median loop rate over the median forward-only rate (each round's ratio is kept
+    too). On a shared machine one run of each can land in different weather: the single rounds' ratios of one
+    build spread 0.59-0.74 in one process (docs/benchmarks.md, "Rounds")."""
     data = prepare_data(work / f"data-{name}", rows, kind)
     config = EmbedConfig(data_dir=str(data), text_model=str(text_model), clip_model=str(clip_model),
                          cache_dir=str(work / f"cache-{name}"), splits=("train",), batch_size=batch_size,
                          num_workers=num_workers, device=device, part_rows=max(rows // 4, 64))
     seconds = time_embed(config)
-    loop_rate, model, tokenizer, split_rows, settings = time_embed_loop(
-        replace(config, cache_dir=str(work / f"loop-{name}")))
-    forward_rate = forward_only_rows_per_s(model, tokenizer, split_rows, config, settings)
+    loaded = loaded_for_loop(config)
+    model, tokenizer, split_rows, settings = loaded
+    loop_rates, forward_rates = [], []
+    for round_ in range(rounds):  # in turn, so a neighbour's burst on a shared machine falls on both sides
+        loop_rates.append(time_embed_loop(replace(config, cache_dir=str(work / f"loop-{name}-{round_}")), loaded))
+        forward_rates.append(forward_only_rows_per_s(model, tokenizer, split_rows, config, settings))
+    loop_rate, forward_rate = statistics.median(loop_rates), statistics.median(forward_rates)
     naive_rate = naive_rows_per_s(model, config, split_rows)
     return {
         "rows": rows, "images": kind, "batch_size": batch_size, "num_workers": num_workers, "device": device,
@@ -164,6 +182,7 @@ def bench_embed(work, name, text_model, clip_model, rows, kind, batch_size, num_
         "rows_per_s_models_loaded": round(loop_rate, 1),
         "forward_only_rows_per_s": round(forward_rate, 1),
         "efficiency": round(loop_rate / forward_rate, 3),
+        "efficiency_rounds": [round(a / b, 3) for a, b in zip(loop_rates, forward_rates)],
         "naive_rows_per_s": round(naive_rate, 1),
         "speedup_vs_naive": round(loop_rate / naive_rate, 2),
     }
