@@ -5,7 +5,8 @@
     clf.predict_tsv("new_posts.tsv")                                  # what `predict` writes, as a DataFrame
 
 Rows become the model's inputs through the one batch preparation
-(`pipeline.model.batch.prepare_batch`), and the head scores float32 vectors
+(`pipeline.model.batch`; titles in chunks of similar length on the CPU,
+`predict/text_chunks.py`), and the head scores float32 vectors
 outside autocast, as it scores stage one's cached ones, so the CLI and the API
 give the same probabilities for the same rows.
 """
@@ -22,7 +23,7 @@ from pipeline.data.halves import BOTH, IMAGE, TEXT, surviving_half
 from pipeline.data.images import BadImage, ImageSettings, image_pixels, load_image
 from pipeline.device import autocast, resolve_device
 from pipeline.errors import UserError
-from pipeline.model.batch import prepare_batch
+from pipeline.model.batch import pixel_values
 from pipeline.model.classifier import build_encoders
 from pipeline.model.head import load_head
 from pipeline.model.image_encoder import check_image_size
@@ -32,6 +33,7 @@ from pipeline.predict import api_inputs
 from pipeline.predict import encoders as guard
 from pipeline.predict.config import parse_threshold
 from pipeline.predict.run import predict_file, read_results, results_frame
+from pipeline.predict.text_chunks import encode_titles
 from pipeline.runs.readers import read_calibration
 from pipeline.runs.record import read_run
 from pipeline.train.calibration import apply_temperature, apply_temperature_logits
@@ -225,13 +227,13 @@ class Classifier:
                 has_image.append(survivor.half in (BOTH, IMAGE))
                 status[row] = {BOTH: "ok", TEXT: "ok_text_only", IMAGE: "ok_image_only"}[survivor.half]
             if good:
-                batch = prepare_batch(self.tokenizer, [titles[row] for row in good],
-                                      torch.from_numpy(np.stack([pixels[row - start] for row in good])),
-                                      self.encoders["max_length"], self.settings)
+                images_in = pixel_values(torch.from_numpy(np.stack([pixels[row - start] for row in good])),
+                                         self.settings)
                 with autocast(self.device):
-                    vectors = self.model.encode({k: v.to(self.device) for k, v in batch.items()})
-                prob[good] = self.score_features(vectors["text_emb"].float(), vectors["image_emb"].float(),
-                                                 has_text, has_image)
+                    text_emb = encode_titles(self.model, self.tokenizer, [titles[row] for row in good],
+                                             self.encoders["max_length"], self.device)
+                    image_emb = self.model.encode_image({"pixel_values": images_in.to(self.device)})
+                prob[good] = self.score_features(text_emb.float(), image_emb.float(), has_text, has_image)
         return results_frame(ids, prob, status, self.threshold, self.class_names, labels, reasons=reasons)
 
     def _pixels(self, image, image_root):
