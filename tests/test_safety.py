@@ -174,7 +174,8 @@ def test_max_length_without_room_for_a_token_is_refused(embed_args, capsys):
 
 def test_nan_vectors_stop_the_run_before_anything_is_written(embed_args, capsys, monkeypatch):
     encode = main_loop.pixel_values
-    monkeypatch.setattr(main_loop, "pixel_values", lambda pixels, settings: encode(pixels, settings) * float("nan"))
+    monkeypatch.setattr(main_loop, "pixel_values",
+                        lambda pixels, settings, **options: encode(pixels, settings, **options) * float("nan"))
     assert main(embed_args) == 2
     assert "image vector is NaN or Inf; likely cause" in error_of(capsys)
     assert not list((__import__("pathlib").Path(cache_dir_of(embed_args))).rglob("part-*.parquet"))
