@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -39,7 +40,7 @@ def decode_workers(requested, device):
     """
     if requested >= 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     if device.type == "cuda":
         return max(1, min(cores - 1, 16))
     return cores // 4
@@ -54,3 +55,19 @@ def pin_torch_threads(count):
     """
     torch.set_num_threads(count)
     torch.get_num_threads()
+
+
+MAX_DECODE_THREADS = 16
+
+
+def available_cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decoding_pool(name, threads=None):
+    """Threads that decode images in the calling process (stage one in turn, serve's batches): `threads`, by
+    default one a core, each with one torch thread for the resize. Pillow, simplejpeg and torch release the
+    GIL, so they decode in parallel; the caller should pin its own torch threads first."""
+    return ThreadPoolExecutor(threads or min(available_cores(), MAX_DECODE_THREADS), thread_name_prefix=name,
+                              initializer=pin_torch_threads, initargs=(1,))

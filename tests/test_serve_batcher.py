@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
-from pipeline.serve.app import decoding_pool  # noqa: E402
+from pipeline.device import decoding_pool  # noqa: E402
 from pipeline.serve.batcher import Batcher  # noqa: E402
 
 LONG_WAIT_MS = 60_000  # far longer than the tests' own timeouts: a batch that waits it out fails them
@@ -55,7 +55,7 @@ def test_a_request_waits_for_others_under_way_and_is_scored_with_them():
 
 
 def test_the_model_thread_keeps_its_torch_threads_after_the_decoders_ask_for_one():
-    decoder, seen = decoding_pool(), []
+    decoder, seen = decoding_pool("decode"), []
 
     def predict(titles, images, ids):
         list(decoder.map(lambda _: torch.get_num_threads(), range(4)))  # decoding threads start: 1 thread each

@@ -43,7 +43,7 @@ def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests
     from pipeline.data.splits import find_split_file, read_split
     from pipeline.embed import cache
     from pipeline.predict.classifier import Classifier
-    from pipeline.serve import process
+    from pipeline.serve.process import ServeProcess
 
     embed = cache.read_manifest(work / f"cache-{name}")["config"]["embed"]
     run, root = work / f"predict-run-{name}", Path(embed["image_root"] or embed["data_dir"])
@@ -60,7 +60,7 @@ def bench_serve(work, name, device="cpu", clients=16, passes=2, latency_requests
                                        num_workers=embed["num_workers"], part_rows=embed["part_rows"])
         return len(rows) / (time.perf_counter() - started), frame
 
-    with process.ServeProcess(run, "--device", device, "--max-concurrency", str(4 * clients)) as server, \
+    with ServeProcess(run, "--device", device, "--max-concurrency", str(4 * clients)) as server, \
             closing(Poster(server.url)) as poster:
         poster.post(bodies[0])  # warm-up: first-call costs are in neither figure
         latencies = []

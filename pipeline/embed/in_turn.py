@@ -13,18 +13,9 @@ The batches are the loader's: the same rows, the same collate, the same order, s
 byte the one a serial loop writes (tests/test_in_turn.py).
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
-from pipeline.device import pin_torch_threads
-
-MAX_THREADS = 16
-
-
-def cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from pipeline.device import decoding_pool, pin_torch_threads
 
 
 class DecodedInTurn:
@@ -35,14 +26,13 @@ class DecodedInTurn:
         self.dataset = dataset
         self.collate = collate
         self.batches = batches
-        self.threads = threads or min(cores(), MAX_THREADS)
+        self.threads = threads
 
     def __len__(self):
         return len(self.batches)
 
     def __iter__(self):
         pin_torch_threads(torch.get_num_threads())  # the decoders set 1 each: not the encoders' count
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="embed-decode", initializer=pin_torch_threads,
-                                initargs=(1,)) as pool:
+        with decoding_pool("embed-decode", self.threads) as pool:
             for batch in self.batches:
                 yield self.collate(list(pool.map(self.dataset.__getitem__, batch)))

@@ -6,9 +6,7 @@ what to do; none carries a server path or echoes the request back.
 """
 
 import asyncio
-import concurrent.futures
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -17,14 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.device import pin_torch_threads
+from pipeline.device import decoding_pool
 from pipeline.serve.batcher import Batcher
 from pipeline.serve.limits import BearerAuth, BodyLimit, ConcurrencyLimit
 from pipeline.serve.page import PAGE, PAGE_POLICY
 from pipeline.serve.posts import answer, clean_title, decode_image
 
 RETRY_AFTER_S = 1
-MAX_DECODE_THREADS = 16
 
 
 class Post(BaseModel):
@@ -93,17 +90,9 @@ def scorer(classifier, class_names, decoder):
     return predict
 
 
-def decoding_pool():
-    """One decoding thread a core, each with one torch thread for the resize (Pillow, simplejpeg and torch
-    release the GIL, so they decode in parallel)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return concurrent.futures.ThreadPoolExecutor(min(cores, MAX_DECODE_THREADS), thread_name_prefix="decode",
-                                                 initializer=pin_torch_threads, initargs=(1,))
-
-
 def create_app(classifier, config, token=None):
     class_names = list(classifier.class_names)
-    decoder = decoding_pool()
+    decoder = decoding_pool("decode")  # scorer() decodes each batch on these, in turn with the model
     batcher = Batcher(scorer(classifier, class_names, decoder), config.max_batch, config.max_wait_ms,
                       model_threads=torch.get_num_threads())
     counters = Counters()
