@@ -30,7 +30,7 @@ from pipeline.files import file_sha256, write_atomic
 LABELS_KEY = b"pipeline.labels"  # every label file we write has it: {"format", "label_column", "split"}
 LABELS_FORMAT = 1
 _SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-FILE_NAME = re.compile(rf"^{LABELS}/[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,63}}/[^/]+\.parquet$")
+FILE_NAME = re.compile(rf"^{LABELS}/{_SAFE.pattern}/[^/]+\.parquet$")  # label_file's names (hashed ones match too)
 
 
 def label_file(column, split):
