@@ -229,3 +229,25 @@ def test_a_non_loopback_address_is_allowed_with_an_explicit_no_auth_or_a_token(s
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(Exception, match="empty"):
         ServeConfig(run=str(served["run"]), host="0.0.0.0", token_file=str(tmp_path / "empty"))
+
+
+def test_serve_loads_the_model_on_the_thread_that_scores_it(served, monkeypatch):
+    """One thread runs torch in a serving process, so OpenMP keeps one team of threads (serve/batcher.py)."""
+    import uvicorn
+
+    real_load, loaded_on, scored_on = Classifier.from_run, [], []
+
+    def load(*args, **kwargs):
+        loaded_on.append(threading.get_ident())
+        return real_load(*args, **kwargs)
+
+    def serve_nothing(server, sockets):  # instead of serving: where the batcher would run the model
+        executor = server.config.app.app_state.batcher.executor
+        scored_on.append(executor.submit(threading.get_ident).result())
+        executor.shutdown()
+        sockets[0].close()
+
+    monkeypatch.setattr(Classifier, "from_run", load)
+    monkeypatch.setattr(uvicorn.Server, "run", serve_nothing)
+    assert main(["serve", "--run", str(served["run"]), "--device", "cpu", "--port", "0"]) == 0
+    assert loaded_on == scored_on and loaded_on[0] != threading.get_ident()

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 from pipeline.device import decoding_pool  # noqa: E402
-from pipeline.serve.batcher import Batcher  # noqa: E402
+from pipeline.serve.batcher import Batcher, model_thread  # noqa: E402
 
 LONG_WAIT_MS = 60_000  # far longer than the tests' own timeouts: a batch that waits it out fails them
 
@@ -62,7 +62,7 @@ def test_the_model_thread_keeps_its_torch_threads_after_the_decoders_ask_for_one
         seen.append((torch.get_num_threads(), list(decoder.map(lambda _: torch.get_num_threads(), range(4)))))
         return echo(titles, images, ids)
 
-    made = batcher(under_way=lambda: 1, predict=predict, model_threads=3)
+    made = batcher(under_way=lambda: 1, predict=predict, executor=model_thread(3))
 
     async def body():
         for key in ("first", "second"):  # the second batch runs after the decoding threads set their count

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.device import decoding_pool
-from pipeline.serve.batcher import Batcher
+from pipeline.serve.batcher import Batcher, model_thread
 from pipeline.serve.limits import BearerAuth, BodyLimit, ConcurrencyLimit
 from pipeline.serve.page import PAGE, PAGE_POLICY
 from pipeline.serve.posts import answer, clean_title, decode_image
@@ -90,11 +90,12 @@ def scorer(classifier, class_names, decoder):
     return predict
 
 
-def create_app(classifier, config, token=None):
+def create_app(classifier, config, token=None, executor=None):
+    """`executor`: the model thread the classifier was loaded on (`batcher.model_thread`); default a new one."""
     class_names = list(classifier.class_names)
     decoder = decoding_pool("decode")  # scorer() decodes each batch on these, in turn with the model
     batcher = Batcher(scorer(classifier, class_names, decoder), config.max_batch, config.max_wait_ms,
-                      model_threads=torch.get_num_threads())
+                      executor or model_thread(torch.get_num_threads()))
     counters = Counters()
     short_info = {"run": classifier.run_dir.name, "classes": class_names, "threshold": classifier.threshold}
 

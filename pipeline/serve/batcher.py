@@ -3,9 +3,9 @@ approaches offline `predict`'s, while a lone request waits at most `max_wait_ms`
 at all when no other request is under way.
 
 One worker task owns the model: it takes the first waiting request, gathers others until the batch
-holds `max_batch` posts or `max_wait_ms` have passed, and runs `predict` (decoding and scoring) in one
-thread (the model is never called from two threads at once). A batch that raises is retried one request at a
-time, so a post that breaks the model fails only its own request.
+holds `max_batch` posts or `max_wait_ms` have passed, and runs `predict` (decoding and scoring) on the
+model thread (`model_thread`: the model is never called from two threads at once). A batch that
+raises is retried one request at a time, so a post that breaks the model fails only its own request.
 """
 
 import asyncio
@@ -26,17 +26,28 @@ class Job:
     done: asyncio.Future = field(default=None)
 
 
+def model_thread(torch_threads=None):
+    """The one thread that runs the model, with `torch_threads` torch threads pinned (`pin_torch_threads`).
+
+    Load the model on it too (`serve` does): torch's CPU threads are OpenMP's, and OpenMP gives every thread
+    that runs parallel work a team of its own. Once a second team exists and the teams' threads outnumber
+    the cores, libgomp stops spinning between parallel regions in all of them, so each operation pays for
+    waking its threads. The demo's text tower took 3.5 ms a post on batches of 15 when the model was loaded
+    on the main thread and 2.4 ms when it was loaded on this one (2-core bench machine; docs/serve.md)."""
+    setup = {} if torch_threads is None else {"initializer": pin_torch_threads, "initargs": (torch_threads,)}
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model", **setup)
+
+
 class Batcher:
-    def __init__(self, predict, max_batch, max_wait_ms, model_threads=None):
-        """`predict(titles, images, ids)` -> a list of result dicts, one per post, in order. `model_threads`: the
-        model thread's torch threads, pinned (`pin_torch_threads`)."""
+    def __init__(self, predict, max_batch, max_wait_ms, executor=None):
+        """`predict(titles, images, ids)` -> a list of result dicts, one per post, in order, run on `executor`
+        (default: a new `model_thread()`), which the batcher shuts down when it stops."""
         self.predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue = None
         self.worker = None
-        setup = {} if model_threads is None else {"initializer": pin_torch_threads, "initargs": (model_threads,)}
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model", **setup)
+        self.executor = executor or model_thread()
         self.under_way = None  # () -> requests the server is answering (set by the app); None: always wait
         self.carried = None  # a job that did not fit the last batch: first in the next
         self.batches = 0  # batches scored (the tests read it to see requests were batched)

@@ -28,17 +28,21 @@ def run(args):
         import uvicorn
 
         from pipeline.serve.app import create_app
+        from pipeline.serve.batcher import model_thread
     except ModuleNotFoundError as error:
         raise UserError(f"serve needs {error.name}, which is not installed; install the serve extra: "
                         f"{INSTALL}") from None
+    import torch
+
     from pipeline.predict.classifier import Classifier
 
     token = read_token(config.token_file) if config.token_file else None
-    classifier = Classifier.from_run(
-        config.run, device=config.device, threshold=config.threshold, text_model=config.text_model,
-        clip_model=config.clip_model, clip_lora=config.clip_lora, batch_size=config.max_batch,
-        max_pixels=config.max_pixels)
-    app = create_app(classifier, config, token)
+    thread = model_thread(torch.get_num_threads())  # loads the model and runs it: one OpenMP team (batcher.py)
+    classifier = thread.submit(
+        Classifier.from_run, config.run, device=config.device, threshold=config.threshold,
+        text_model=config.text_model, clip_model=config.clip_model, clip_lora=config.clip_lora,
+        batch_size=config.max_batch, max_pixels=config.max_pixels).result()
+    app = create_app(classifier, config, token, thread)
     sock = bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
