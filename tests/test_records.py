@@ -117,13 +117,17 @@ REPORT_CASES = {
 
 
 @pytest.mark.parametrize("case", PREDICT_CASES)
-def test_predict_refuses_a_damaged_run_file_naming_the_file_and_the_field(case, legacy, tmp_path, capsys):
+def test_predict_refuses_a_damaged_run_file_naming_the_file_and_the_field(case, legacy, tiny_bert, tiny_clip, tmp_path,
+                                                                         capsys):
     name, damage, message = PREDICT_CASES[case]
     if name == "run.json":
         legacy = _with_run_json(legacy)
     damage(legacy / name)
+    # The encoders the fixture was made with (its encoders.json names their paths on the machine that made it),
+    # so that what is refused is the damaged file, whatever comes after the encoder check.
     code = main(["predict", "--run", str(legacy), "--input", str(legacy / "epochs.csv"), "--out",
-                 str(tmp_path / "out.csv"), "--device", "cpu"])
+                 str(tmp_path / "out.csv"), "--device", "cpu", "--text-model", str(tiny_bert),
+                 "--clip-model", str(tiny_clip)])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"error: {legacy / name}: " in err and message in err, err

@@ -10,7 +10,7 @@ posts with the same (loaded) models, and single-post latency on a quiet server.
 
 The load generator is 16 client threads in this (the bench) process, each with one keep-alive connection
 (`Poster`); the server is its own process. On a 2-core machine the clients' CPU (0.2-0.3 core-ms a post,
-against the server's 10-12) is taken from the server, so the figure is a little below what the server
+against the server's 8-12) is taken from the server, so the figure is a little below what the server
 alone would do; every answer is still checked.
 
 `python -m pipeline.bench.serve [--repeats 3]` runs this figure alone, as `make bench` does for the demo
