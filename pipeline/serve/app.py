@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -95,7 +94,7 @@ def create_app(classifier, config, token=None, executor=None):
     class_names = list(classifier.class_names)
     decoder = decoding_pool("decode")  # scorer() decodes each batch on these, in turn with the model
     batcher = Batcher(scorer(classifier, class_names, decoder), config.max_batch, config.max_wait_ms,
-                      executor or model_thread(torch.get_num_threads()))
+                      executor or model_thread())
     counters = Counters()
     short_info = {"run": classifier.run_dir.name, "classes": class_names, "threshold": classifier.threshold}
 

@@ -13,6 +13,8 @@ import concurrent.futures
 import logging
 from dataclasses import dataclass, field
 
+import torch
+
 from pipeline.device import pin_torch_threads
 
 log = logging.getLogger("pipeline.serve")
@@ -27,15 +29,17 @@ class Job:
 
 
 def model_thread(torch_threads=None):
-    """The one thread that runs the model, with `torch_threads` torch threads pinned (`pin_torch_threads`).
+    """The one thread that runs the model, with `torch_threads` torch threads pinned (`pin_torch_threads`;
+    default: as many as the calling thread has).
 
     Load the model on it too (`serve` does): torch's CPU threads are OpenMP's, and OpenMP gives every thread
     that runs parallel work a team of its own. Once a second team exists and the teams' threads outnumber
     the cores, libgomp stops spinning between parallel regions in all of them, so each operation pays for
     waking its threads. The demo's text tower took 3.5 ms a post on batches of 15 when the model was loaded
     on the main thread and 2.4 ms when it was loaded on this one (2-core bench machine; docs/serve.md)."""
-    setup = {} if torch_threads is None else {"initializer": pin_torch_threads, "initargs": (torch_threads,)}
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model", **setup)
+    threads = torch.get_num_threads() if torch_threads is None else torch_threads
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model",
+                                                 initializer=pin_torch_threads, initargs=(threads,))
 
 
 class Batcher:

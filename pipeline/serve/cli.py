@@ -32,12 +32,10 @@ def run(args):
     except ModuleNotFoundError as error:
         raise UserError(f"serve needs {error.name}, which is not installed; install the serve extra: "
                         f"{INSTALL}") from None
-    import torch
-
     from pipeline.predict.classifier import Classifier
 
     token = read_token(config.token_file) if config.token_file else None
-    thread = model_thread(torch.get_num_threads())  # loads the model and runs it: one OpenMP team (batcher.py)
+    thread = model_thread()  # loads the model and runs it: one OpenMP team (batcher.py)
     classifier = thread.submit(
         Classifier.from_run, config.run, device=config.device, threshold=config.threshold,
         text_model=config.text_model, clip_model=config.clip_model, clip_lora=config.clip_lora,
